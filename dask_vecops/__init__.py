@@ -1,0 +1,37 @@
+"""dask-vecops: exact vector operations on embeddings as lazy Dask array functions.
+
+>>> import dask_vecops as dv
+>>> callable(dv.cosine_topk)
+True
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._errors import BackendUnavailableError, NonFiniteError
+from .api import backends, cosine_topk, normalize, similarity, topk
+
+try:
+    __version__ = version("dask-vecops")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+
+def __getattr__(name):
+    # The Rust ufuncs load on first use, so `import dask_vecops` never needs the compiled module.
+    if name == "ufuncs":
+        import importlib
+
+        return importlib.import_module(".ufuncs", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "NonFiniteError",
+    "backends",
+    "cosine_topk",
+    "normalize",
+    "similarity",
+    "topk",
+    "ufuncs",
+]

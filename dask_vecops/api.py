@@ -1,0 +1,213 @@
+"""The public functions: eager argument checks, the choice of backend, then the graph.
+
+Every function takes dask or NumPy arrays of shape ``(rows, features)`` and returns lazy dask
+arrays; nothing is computed until you call ``.compute()`` (or ``dask.compute``).
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+
+from . import _config, graph
+from ._protocol import METRICS, NAN_POLICIES, NORMS
+from ._validate import as_matrix, check_choice, check_k, check_same_features, float_dtype
+from .backends import registry
+
+
+def _backend(name):
+    return registry.resolve(check_choice(_config.get("backend", name), registry.CHOICES, "backend"))
+
+
+def _nan_policy(value) -> str:
+    return check_choice(_config.get("nan-policy", value), NAN_POLICIES, "nan_policy")
+
+
+def _as_float(*arrays: da.Array) -> list[da.Array]:
+    dtype = float_dtype(*(a.dtype for a in arrays))
+    return [a.astype(dtype) for a in arrays]
+
+
+def normalize(x, norm: str = "l2", *, backend: str | None = None, nan_policy: str | None = None):
+    """Divide each row by its norm, lazily.
+
+    Parameters
+    ----------
+    x : dask or NumPy array, shape (rows, features)
+    norm : {"l2", "l1", "max"}
+        Euclidean length, sum of absolute values, or largest absolute value. Zero rows stay zero.
+    backend : {"auto", "rust", "scipy", "numpy"}, optional
+        Defaults to the ``vecops.backend`` config value.
+    nan_policy : {"raise", "omit"}, optional
+        Rows holding NaN or inf raise :class:`NonFiniteError` naming the row, or (``"omit"``) come
+        back as NaN. Defaults to ``vecops.nan-policy``.
+
+    Returns
+    -------
+    dask.array.Array
+        Same shape; float32 for float16/float32 input, float64 otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np, dask_vecops as dv
+    >>> dv.normalize(np.array([[3.0, 4.0], [0.0, 0.0]])).compute()
+    array([[0.6, 0.8],
+           [0. , 0. ]])
+    """
+    norm = check_choice(norm, NORMS, "norm")
+    (x,) = _as_float(as_matrix(x, "x"))
+    module = _backend(backend)
+    return graph.normalize(
+        x, norm, normalize_block=module.normalize_block, nan_policy=_nan_policy(nan_policy)
+    )
+
+
+def similarity(
+    a, b=None, metric: str = "cosine", *, backend: str | None = None, nan_policy: str | None = None
+):
+    """The matrix of similarities (or distances) between the rows of ``a`` and those of ``b``.
+
+    Parameters
+    ----------
+    a : dask or NumPy array, shape (m, features)
+    b : dask or NumPy array, shape (n, features), optional
+        Defaults to ``a``.
+    metric : {"cosine", "dot", "euclidean", "manhattan"}
+        Cosine and dot are similarities; euclidean and manhattan are distances. The cosine
+        similarity of a zero vector is 0.
+    backend, nan_policy
+        As for :func:`normalize`; with ``"omit"`` the rows and columns of non-finite vectors are NaN.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``(m, n)``, chunked like the rows of ``a`` by the rows of ``b``.
+
+    Examples
+    --------
+    >>> import numpy as np, dask_vecops as dv
+    >>> a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> dv.similarity(a, metric="cosine").compute()
+    array([[1., 0.],
+           [0., 1.]])
+    >>> dv.similarity(a, np.array([[3.0, 4.0]]), metric="euclidean").compute()
+    array([[4.47213595],
+           [3.60555128]])
+    """
+    metric = check_choice(metric, METRICS, "metric")
+    a = as_matrix(a, "a")
+    b = a if b is None else as_matrix(b, "b")
+    check_same_features(a, b, "a", "b")
+    a, b = _as_float(a, b)
+    module = _backend(backend)
+    return graph.similarity(
+        a, b, metric, similarity_block=module.similarity_block, nan_policy=_nan_policy(nan_policy)
+    )
+
+
+def topk(
+    q,
+    k: int,
+    *,
+    database=None,
+    metric: str = "cosine",
+    backend: str | None = None,
+    nan_policy: str | None = None,
+    split_every: int | None = None,
+):
+    """The ``k`` best rows of ``database`` for each row of ``q``: exact search.
+
+    Parameters
+    ----------
+    q : dask or NumPy array, shape (m, features)
+        The queries. Without ``database`` each row is searched among the other rows of ``q``.
+    k : int
+        How many neighbours per query; at most the database's rows (its rows - 1 for a self-join).
+    database : dask or NumPy array, shape (n, features), optional
+        Chunked along rows in any way; each chunk is read once per query batch.
+    metric : {"cosine", "dot", "euclidean", "manhattan"}
+        Similarities rank highest first, distances lowest first.
+    backend : {"auto", "rust", "scipy", "numpy"}, optional
+        Defaults to the ``vecops.backend`` config value.
+    nan_policy : {"raise", "omit"}, optional
+        A row holding NaN or inf raises :class:`NonFiniteError` at compute time, naming the global
+        row; with ``"omit"`` such database rows are never returned and such queries get NaN scores
+        and id -1. Defaults to ``vecops.nan-policy``.
+    split_every : int, optional
+        How many partial results one merge task combines (default ``vecops.split-every``).
+
+    Returns
+    -------
+    scores : dask.array.Array, shape (m, k)
+        Best first; float32 for float16/float32 input, float64 otherwise.
+    ids : dask.array.Array of int64, shape (m, k)
+        Global row positions in the database. Equal scores are ordered by the lower id, so the
+        result never depends on chunking or backend.
+
+    Examples
+    --------
+    >>> import numpy as np, dask_vecops as dv
+    >>> db = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    >>> scores, ids = dv.topk(np.array([[0.9, 0.1]]), 2, database=db, metric="euclidean")
+    >>> ids.compute()
+    array([[1, 0]])
+    >>> scores.compute().round(3)
+    array([[0.141, 0.906]])
+    """
+    metric = check_choice(metric, METRICS, "metric")
+    q = as_matrix(q, "queries")
+    self_join = database is None
+    db = q if self_join else as_matrix(database, "database")
+    if self_join:
+        k = check_k(k, db.shape[0] - 1, "other rows (a row is never its own neighbour)")
+    else:
+        check_same_features(q, db, "queries", "database")
+        k = check_k(k, db.shape[0], "rows of the database")
+    q, db = _as_float(q, db)
+    module = _backend(backend)
+    split_every = int(_config.get("split-every", split_every))
+    return graph.topk(
+        _batch_queries(q), db, k, metric,
+        topk_block=module.topk_block, merge_topk=module.merge_topk,
+        nan_policy=_nan_policy(nan_policy), self_join=self_join, split_every=split_every,
+        names=("x", "x") if self_join else ("queries", "database"),
+    )
+
+
+def cosine_topk(x, k: int, *, database=None, **options):
+    """The ``k`` most cosine-similar rows for each row of ``x``; :func:`topk` with cosine.
+
+    Without ``database`` every row is searched among the other rows of ``x`` (itself excluded);
+    with it, among the rows of ``database``. ``options`` are those of :func:`topk`.
+
+    Examples
+    --------
+    >>> import numpy as np, dask_vecops as dv
+    >>> x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> scores, ids = dv.cosine_topk(x, 1)
+    >>> ids.compute().ravel()
+    array([1, 0, 3, 2])
+    """
+    return topk(x, k, database=database, metric="cosine", **options)
+
+
+def _batch_queries(q: da.Array) -> da.Array:
+    """Queries in as few row chunks as the memory budget allows (one if they fit)."""
+    row_bytes = max(1, q.shape[1] * q.dtype.itemsize)
+    rows = max(1, _config.memory_budget_bytes() // row_bytes)
+    if q.shape[0] <= rows:
+        return q.rechunk({0: -1}) if q.numblocks[0] > 1 else q
+    return q.rechunk({0: rows})
+
+
+def backends():
+    """Every backend, whether it can run here and, if not, why.
+
+    Examples
+    --------
+    >>> import dask_vecops as dv
+    >>> [b.name for b in dv.backends()]
+    ['rust', 'cuda', 'scipy', 'numpy']
+    >>> dv.backends()[-1]
+    BackendInfo(name='numpy', available=True, reason='')
+    """
+    return registry.backends()

@@ -1,0 +1,78 @@
+"""Backends by name: which are available here and why not, and what ``auto`` picks.
+
+Backend modules are imported on first use, so a missing one (no Rust build, no GPU) never breaks
+``import dask_vecops``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from types import ModuleType
+from typing import NamedTuple
+
+from .._errors import BackendUnavailableError
+
+logger = logging.getLogger("dask_vecops")
+
+AUTO_ORDER = ("rust", "scipy", "numpy")
+NAMES = ("rust", "cuda", "scipy", "numpy")
+CHOICES = ("auto", *NAMES)
+
+
+class BackendInfo(NamedTuple):
+    """One backend: its name, whether it can run here, and if not, why."""
+
+    name: str
+    available: bool
+    reason: str
+
+
+class BackendTable(list):
+    """The list of :class:`BackendInfo` that ``dv.backends()`` returns, shown as a table."""
+
+    def __repr__(self) -> str:
+        width = max(len(b.name) for b in self)
+        lines = [f"{'backend':<{width}}  available  reason"]
+        lines += [f"{b.name:<{width}}  {'yes' if b.available else 'no':<9}  {b.reason}" for b in self]
+        return "\n".join(lines)
+
+
+@functools.cache
+def _load(name: str) -> tuple[ModuleType | None, str]:
+    """The backend module, or None and the reason it cannot be used."""
+    if name == "cuda":
+        from . import cuda_backend
+
+        reason = cuda_backend.unavailable_reason()
+        return (None, reason) if reason else (cuda_backend, "")
+    try:
+        return importlib.import_module(f"{__package__}.{name}_backend"), ""
+    except ImportError as err:
+        return None, f"cannot import: {err}"
+
+
+def backends() -> BackendTable:
+    """Every backend, whether it is available here and, if not, why."""
+    return BackendTable(BackendInfo(n, _load(n)[0] is not None, _load(n)[1]) for n in NAMES)
+
+
+def resolve(name: str) -> ModuleType:
+    """The backend module for ``name`` ("auto" picks the first available of :data:`AUTO_ORDER`)."""
+    if name == "auto":
+        return _first_available()
+    module, reason = _load(name)
+    if module is None:
+        raise BackendUnavailableError(f"backend {name!r} is not available here: {reason}")
+    return module
+
+
+def _first_available() -> ModuleType:
+    for name in AUTO_ORDER:
+        module, reason = _load(name)
+        if module is not None:
+            logger.debug("backend auto: chose %r", name)
+            return module
+        logger.debug("backend auto: skipped %r (%s)", name, reason)
+    raise BackendUnavailableError("no backend is available")  # numpy always is; kept for safety

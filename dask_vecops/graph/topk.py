@@ -1,0 +1,112 @@
+"""Top-k search: a task per (query batch, database chunk), then a tree of merges over the database.
+
+Each pair task returns the best k of its database chunk for every query of its batch, with global
+ids; ``dask.array.reduction`` merges ``split_every`` partial results at a time (as ``da.argtopk``
+does) and the last merge packs scores and ids into one record array, split lazily into the two
+results.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import dask.array as da
+import numpy as np
+
+from .._validate import finite_mask
+from ._rows import row_ids
+
+
+def topk(
+    q: da.Array,
+    db: da.Array,
+    k: int,
+    metric: str,
+    *,
+    topk_block,
+    merge_topk,
+    nan_policy: str,
+    self_join: bool = False,
+    split_every: int | None = None,
+    names=("queries", "database"),
+) -> tuple[da.Array, da.Array]:
+    """Lazy ``(scores, ids)``, each ``(len(q), k)``: the best ``k`` rows of ``db`` for each row of ``q``.
+
+    With ``self_join`` the rows of ``q`` are the rows of ``db`` and each query skips itself.
+    """
+    pair = partial(
+        _topk_pair, topk_block=topk_block, k=k, metric=metric,
+        nan_policy=nan_policy, self_join=self_join, names=names,
+    )
+    candidates = da.blockwise(
+        pair, "ij", q, "ik", row_ids(q), "i", db, "jk", row_ids(db), "j",
+        dtype=object, meta=np.empty((0, 0), dtype=object), concatenate=True, token="vecops-topk",
+    )
+    record = np.dtype([("score", q.dtype), ("id", np.int64)])
+    packed = da.reduction(
+        candidates,
+        chunk=_as_candidates,
+        combine=partial(_merge_chunk, merge_topk=merge_topk, k=k, metric=metric),
+        aggregate=partial(_merge_aggregate, merge_topk=merge_topk, k=k, metric=metric, record=record),
+        axis=1, keepdims=True, output_size=k, concatenate=False, split_every=split_every,
+        dtype=record, meta=np.empty((0, 0), dtype=record), name="vecops-topk-merge",
+    )
+    return packed["score"], packed["id"]
+
+
+def _topk_pair(q, q_rows, db, db_rows, *, topk_block, k, metric, nan_policy, self_join, names):
+    """Chunk function of topk: best k of one database chunk for one query batch, global ids."""
+    keep_q = finite_mask(q, q_rows, names[0], nan_policy)
+    keep_db = finite_mask(db, db_rows, names[1], nan_policy)
+    if keep_db is not None:
+        db, db_rows = db[keep_db], db_rows[keep_db]
+    if keep_q is not None:
+        q, q_rows = q[keep_q], q_rows[keep_q]
+    exclude = _local_positions(q_rows, db_rows) if self_join else None
+    scores, local = topk_block(q, db, k, metric, exclude)
+    ids = np.where(local >= 0, db_rows[np.maximum(local, 0)], -1) if len(db_rows) else local
+    if keep_q is not None:
+        scores, ids = _scatter_queries(scores, ids, keep_q)
+    return scores, ids
+
+
+def _local_positions(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For each global row in ``wanted``, its position in the sorted ``rows``, or -1 if absent."""
+    pos = np.searchsorted(rows, wanted)
+    found = pos < len(rows)
+    found[found] = rows[pos[found]] == wanted[found]
+    return np.where(found, pos, -1)
+
+
+def _scatter_queries(scores, ids, keep_q):
+    """Results of the kept queries placed back among all; omitted queries get NaN / -1."""
+    all_scores = np.full((len(keep_q), scores.shape[1]), np.nan, scores.dtype)
+    all_ids = np.full((len(keep_q), ids.shape[1]), -1, np.int64)
+    all_scores[keep_q], all_ids[keep_q] = scores, ids
+    return all_scores, all_ids
+
+
+def _as_candidates(pair, axis, keepdims):
+    """Chunk function of the reduction: the pair task already selected its candidates."""
+    return pair
+
+
+def _flat(parts) -> list:
+    """The (scores, ids) tuples of a possibly nested list of reduction inputs."""
+    if isinstance(parts, tuple):
+        return [parts]
+    return [p for part in parts for p in _flat(part)]
+
+
+def _merge_chunk(parts, axis, keepdims, *, merge_topk, k, metric):
+    """Combine function of topk: best k of several partial results."""
+    parts = _flat(parts)
+    return merge_topk([p[0] for p in parts], [p[1] for p in parts], k, metric)
+
+
+def _merge_aggregate(parts, axis, keepdims, *, merge_topk, k, metric, record):
+    """Aggregate function of topk: the final merge, packed as one (score, id) record array."""
+    scores, ids = _merge_chunk(parts, axis, keepdims, merge_topk=merge_topk, k=k, metric=metric)
+    out = np.empty(scores.shape, dtype=record)
+    out["score"], out["id"] = scores, ids
+    return out
