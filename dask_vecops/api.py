@@ -95,12 +95,14 @@ def similarity(
     """
     metric = check_choice(metric, METRICS, "metric")
     a = as_matrix(a, "a")
+    names = ("a", "a") if b is None else ("a", "b")
     b = a if b is None else as_matrix(b, "b")
     check_same_features(a, b, "a", "b")
     a, b = _as_float(a, b)
     module = _backend(backend)
     return graph.similarity(
-        a, b, metric, similarity_block=module.similarity_block, nan_policy=_nan_policy(nan_policy)
+        a, b, metric, similarity_block=module.similarity_block,
+        nan_policy=_nan_policy(nan_policy), names=names,
     )
 
 
