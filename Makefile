@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # pip's wheel cache and cargo's target/ make repeated builds incremental.
-RUST_SOURCES := Cargo.toml Cargo.lock $(wildcard rust_ufuncs/src/*.rs)
+RUST_SOURCES := Cargo.toml Cargo.lock $(shell find rust_ufuncs -name '*.rs')
 
 .PHONY: demo test build venv rust-test lint-imports pytest bench clean
 

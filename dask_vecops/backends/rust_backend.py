@@ -36,7 +36,7 @@ def similarity_block(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
 
 def topk_block(q, db, k, metric, exclude=None):
     """Best ``k`` rows of ``db`` for each row of ``q`` by the fused Rust kernel."""
-    scores = np.empty((len(q), k), dtype=np.result_type(q, db))
+    scores = np.empty((len(q), k), dtype=np.result_type(q, db, np.float32))
     ids = np.empty((len(q), k), dtype=np.int64)
     if len(q):
         exclude = np.int64(-1) if exclude is None else exclude.astype(np.int64, copy=False)

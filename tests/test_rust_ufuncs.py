@@ -1,0 +1,558 @@
+"""The Rust ufuncs (``dask_vecops.ufuncs`` / ``dask_vecops._rust``) against float64 NumPy references."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+
+from dask_vecops import ufuncs as u
+
+DTYPES = [np.float32, np.float64]
+NORMALIZERS = {"l2": u.normalize_l2, "l1": u.normalize_l1, "max": u.normalize_max}
+NORMS = {"l2": u.norm_l2, "l1": u.norm_l1, "max": u.norm_max}
+PAIRWISE = {"cosine": u.cosine, "dot": u.dot, "euclidean": u.euclidean, "manhattan": u.manhattan}
+SIMILARITIES = {"cosine", "dot"}
+BINARY = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide}
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 references
+# ----------------------------------------------------------------------------------------------
+
+
+def ref_norm(x, kind):
+    x = np.asarray(x, dtype=np.float64)
+    if kind == "l2":
+        return np.sqrt((x * x).sum(-1))
+    if kind == "l1":
+        return np.abs(x).sum(-1)
+    return np.abs(x).max(-1, initial=0.0)
+
+
+def ref_normalize(x, kind):
+    x = np.asarray(x, dtype=np.float64)
+    n = ref_norm(x, kind)[..., None]
+    return x / np.where(n == 0, 1.0, n)
+
+
+def ref_pairwise(a, b, metric):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if metric == "dot":
+        return a @ b.T
+    if metric == "cosine":
+        na, nb = ref_norm(a, "l2"), ref_norm(b, "l2")
+        denom = np.outer(na, nb)
+        return np.where(denom == 0, 0.0, (a @ b.T) / np.where(denom == 0, 1.0, denom))
+    diff = a[:, None, :] - b[None, :, :]
+    if metric == "euclidean":
+        return np.sqrt((diff * diff).sum(-1))
+    return np.abs(diff).sum(-1)
+
+
+def ref_topk(q, db, k, metric, exclude=None):
+    """Stable full sort of the float64 scores: ties keep the lower id; NaN never selected."""
+    s = ref_pairwise(q, db, metric)
+    if exclude is not None:
+        for i, e in enumerate(np.broadcast_to(exclude, (len(q),))):
+            if 0 <= e < s.shape[1]:
+                s[i, e] = np.nan
+    key = -s if metric in SIMILARITIES else s
+    key = np.where(np.isnan(key), np.inf, key)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(s, order, axis=1)
+    ids = np.where(np.isnan(scores), -1, order)
+    pad = k - order.shape[1]
+    if pad > 0:
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=np.nan)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return scores, ids
+
+
+def tol(dtype, d=1):
+    """rtol/atol for results of order 1 from inputs in [-1, 1] with d coordinates."""
+    if np.dtype(dtype) == np.float32:
+        return {"rtol": 2e-5, "atol": 2e-6 * max(d, 1) ** 0.5}
+    return {"rtol": 1e-12, "atol": 1e-13 * max(d, 1)}
+
+
+def random(shape, dtype, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Interface
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ufunc, signature, types",
+    [(f, "(d)->(d)", ["f->f", "d->d"]) for f in NORMALIZERS.values()]
+    + [(f, "(d)->()", ["f->f", "d->d"]) for f in NORMS.values()]
+    + [(f, "(d),(n,d)->(n)", ["ff->f", "dd->d"]) for f in PAIRWISE.values()]
+    + [(f, "(d),(n,d),()->(k),(k)", ["ffl->fl", "ddl->dl"]) for f in u.TOPK_UFUNCS.values()]
+    + [(getattr(u, name), None, ["ff->f", "dd->d"]) for name in BINARY]
+    + [(u.scale, "(d),()->(d)", ["ff->f", "dd->d"])],
+)
+def test_ufuncs_are_real_ufuncs_with_f32_loop_first(ufunc, signature, types):
+    assert isinstance(ufunc, np.ufunc)
+    assert ufunc.signature == signature
+    assert ufunc.types == types
+    assert ufunc.__name__ in ufunc.__doc__ and "Examples" in ufunc.__doc__
+
+
+def test_identities():
+    assert u.add.identity == 0
+    assert u.multiply.identity == 1
+    assert u.subtract.identity is None and u.divide.identity is None
+    assert u.cosine.identity is None
+
+
+def test_public_names():
+    expected = set(NORMALIZERS.values()) | set(NORMS.values()) | set(PAIRWISE.values())
+    expected |= set(u.TOPK_UFUNCS.values()) | {u.scale} | {getattr(u, n) for n in BINARY}
+    assert {getattr(u, name) for name in u.__all__ if isinstance(getattr(u, name), np.ufunc)} == expected
+
+
+def test_missing_extension_gives_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask_vecops._rust", None)
+    monkeypatch.delitem(sys.modules, "dask_vecops.ufuncs")
+    with pytest.raises(ImportError, match=r"make build.*pip install -e \."):
+        importlib.import_module("dask_vecops.ufuncs")
+
+
+# ----------------------------------------------------------------------------------------------
+# Row-wise ufuncs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["l2", "l1", "max"])
+def test_normalize_and_norm_match_reference(dtype, kind):
+    x = random((37, 19), dtype)
+    x[3] = 0
+    got = NORMALIZERS[kind](x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref_normalize(x, kind), **tol(dtype))
+    assert np.all(got[3] == 0)
+    n = NORMS[kind](x)
+    assert n.dtype == dtype and n.shape == (37,)
+    np.testing.assert_allclose(n, ref_norm(x, kind), **tol(dtype, 19))
+
+
+def test_large_f32_rows_do_not_overflow():
+    x = np.array([[3e30, 4e30]], dtype=np.float32)
+    np.testing.assert_allclose(u.norm_l2(x), [5e30], rtol=1e-6)
+    np.testing.assert_allclose(u.normalize_l2(x), [[0.6, 0.8]], rtol=1e-6)
+
+
+def test_nan_and_inf_propagate_without_warnings():
+    x = np.array([[np.nan, 1.0], [np.inf, 1.0], [0.0, 0.0]])
+    got = u.normalize_l2(x)
+    assert np.isnan(got[0]).all()
+    assert np.isnan(got[1, 0]) and got[1, 1] == 0
+    assert (got[2] == 0).all()
+    assert np.isnan(u.norm_max(x)[0]) and u.norm_max(x)[1] == np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale(dtype):
+    x, w = random((11, 5), dtype), random(11, dtype, seed=1)
+    np.testing.assert_allclose(u.scale(x, w), x * w[:, None], **tol(dtype))
+    np.testing.assert_array_equal(u.scale(x, dtype(2)), x * 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairwise
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", PAIRWISE)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 5), (33, 301, 40), (70, 1100, 3)])
+def test_pairwise_matches_reference(dtype, metric, shape):
+    m, n, d = shape
+    a, b = random((m, d), dtype), random((n, d), dtype, seed=1)
+    got = PAIRWISE[metric](a, b)
+    assert got.dtype == dtype and got.shape == (m, n)
+    np.testing.assert_allclose(got, ref_pairwise(a, b, metric), **tol(dtype, d))
+
+
+def test_cosine_with_zero_vectors_is_zero():
+    a = np.array([[0.0, 0.0], [1.0, 2.0]])
+    b = np.array([[3.0, 4.0], [0.0, 0.0]])
+    got = u.cosine(a, b)
+    assert got[0].tolist() == [0.0, 0.0] and got[1, 1] == 0.0
+    assert got[1, 0] == pytest.approx(11 / (5 * 5**0.5))
+
+
+def test_euclidean_is_exact_for_near_identical_rows():
+    a = (1000 + np.arange(64, dtype=np.float32))[None, :]
+    b = np.repeat(a, 2, axis=0)
+    b[1, 5] += np.float32(0.0625)
+    assert u.euclidean(a, b).tolist() == [[0.0, 0.0625]]
+
+
+def test_scores_do_not_depend_on_chunking():
+    """A pair's score is a function of the two rows only: any split gives identical bits."""
+    q, db = random((50, 24), np.float32), random((900, 24), np.float32, seed=1)
+    for f in PAIRWISE.values():
+        whole = f(q, db)
+        np.testing.assert_array_equal(np.concatenate([f(q[:17], db), f(q[17:], db)]), whole)
+        np.testing.assert_array_equal(np.hstack([f(q, db[:301]), f(q, db[301:])]), whole)
+        np.testing.assert_array_equal(f(q[5], db[::-1])[::-1], whole[5])
+
+
+# ----------------------------------------------------------------------------------------------
+# Dtypes and memory layouts
+# ----------------------------------------------------------------------------------------------
+
+
+def test_int_inputs_use_the_f64_loop():
+    a = np.array([[1, 2], [3, 4]], dtype=np.int64)
+    assert u.dot(a, a).dtype == np.float64
+    assert u.dot(a, a).tolist() == [[5.0, 11.0], [11.0, 25.0]]
+    assert u.normalize_l1(a).dtype == np.float64
+    assert u.add(a, 1).dtype == np.float64
+
+
+def test_mixed_and_half_precision_inputs():
+    a32, a64 = random((4, 3), np.float32), random((5, 3), np.float64)
+    assert u.cosine(a32, a64).dtype == np.float64
+    assert u.cosine(a32.astype(np.float16), a32.astype(np.float16)).dtype == np.float32
+
+
+def unaligned(x):
+    """A copy of ``x`` whose data starts one byte off its dtype's alignment."""
+    buf = np.zeros(x.nbytes + 1, dtype=np.uint8)
+    y = np.frombuffer(buf.data, dtype=x.dtype, count=x.size, offset=1).reshape(x.shape)
+    y[...] = x
+    assert not y.flags.aligned
+    return y
+
+
+LAYOUTS = {
+    "fortran": np.asfortranarray,
+    "row_padded": lambda x: np.hstack([x, x])[:, : x.shape[1]],
+    "strided": lambda x: np.repeat(x, 2, axis=1)[:, ::2],
+    "every_other_row": lambda x: np.repeat(x, 2, axis=0)[::2],
+    "reversed": lambda x: x[::-1, ::-1].copy()[::-1, ::-1],
+    "unaligned": unaligned,
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_any_strides(dtype, layout):
+    a, b = random((9, 6), dtype), random((14, 6), dtype, seed=1)
+    la, lb = LAYOUTS[layout](a), LAYOUTS[layout](b)
+    np.testing.assert_array_equal(la, a)
+    for f in PAIRWISE.values():
+        np.testing.assert_array_equal(f(la, lb), f(a, b))
+    for f in [*NORMALIZERS.values(), *NORMS.values()]:
+        np.testing.assert_array_equal(f(la), f(a))
+    np.testing.assert_array_equal(u.topk_block(la, lb, 4)[1], u.topk_block(a, b, 4)[1])
+    np.testing.assert_array_equal(u.multiply(la, lb[:9]), a * b[:9])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_and_unaligned_outputs(dtype):
+    a, b = random((9, 6), dtype), random((14, 6), dtype, seed=1)
+    out = np.zeros((14, 18), dtype)[:, ::2].T  # (9, 14), non-contiguous
+    u.cosine(a, b, out=out)
+    np.testing.assert_array_equal(out, u.cosine(a, b))
+    out = unaligned(np.zeros((9, 6), dtype))
+    u.normalize_l2(a, out=out)
+    np.testing.assert_array_equal(out, u.normalize_l2(a))
+    scores, ids = np.zeros((9, 8), dtype)[:, ::2], np.zeros((9, 4), np.int64)[::-1]
+    u.topk_dot(a, b, -1, out=(scores, ids))
+    expected = u.topk_block(a, b, 4, "dot")
+    np.testing.assert_array_equal(scores, expected[0])
+    np.testing.assert_array_equal(ids, expected[1])
+
+
+def test_broadcast_inputs():
+    a, b = random((3, 5), np.float64), random((4, 5), np.float64, seed=1)
+    row = np.broadcast_to(a[0], (6, 5))  # zero stride on the loop dimension
+    np.testing.assert_array_equal(u.dot(row, b), np.repeat(u.dot(a[:1], b), 6, axis=0))
+    col = np.broadcast_to(np.float64(2.0), (4, 5))  # zero strides everywhere
+    np.testing.assert_array_equal(u.euclidean(a, col), u.euclidean(a, np.full((4, 5), 2.0)))
+    # A database per query: (2, 4, 5) databases against (2, 5) queries.
+    dbs = np.stack([b, -b])
+    np.testing.assert_allclose(u.dot(a[:2], dbs), [a[0] @ b.T, a[1] @ -b.T], rtol=1e-12)
+    s, i = u.topk_block(a[:2], dbs, 2, "dot")
+    assert s.shape == (2, 2)
+    np.testing.assert_array_equal(i[0], np.argsort(-(a[0] @ b.T), kind="stable")[:2])
+    np.testing.assert_array_equal(i[1], np.argsort(a[1] @ b.T, kind="stable")[:2])
+
+
+def test_in_place():
+    x = random((8, 5), np.float32)
+    expected = u.normalize_l2(x)
+    u.normalize_l2(x, out=x)
+    np.testing.assert_array_equal(x, expected)
+    y = random(10, np.float64)
+    expected = y + y
+    u.add(y, y, out=y)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_zero_rows_and_zero_width():
+    empty = np.zeros((0, 4), np.float32)
+    assert u.normalize_l2(empty).shape == (0, 4)
+    assert u.norm_l1(empty).shape == (0,)
+    assert u.cosine(empty, random((3, 4), np.float32)).shape == (0, 3)
+    assert u.cosine(random((3, 4), np.float32), empty).shape == (3, 0)
+    assert u.topk_block(empty, random((3, 4), np.float32), 5)[0].shape == (0, 5)
+    flat = np.zeros((2, 0))
+    assert u.euclidean(flat, np.zeros((3, 0))).tolist() == [[0.0] * 3] * 2
+    assert u.cosine(flat, np.zeros((3, 0))).tolist() == [[0.0] * 3] * 2
+    assert u.normalize_l2(flat).shape == (2, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Top-k
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_topk_f64_matches_full_sort(metric, k):
+    q, db = random((23, 9), np.float64), random((700, 9), np.float64, seed=1)
+    exclude = np.where(np.arange(23) % 2 == 0, -1, np.arange(23) * 7)
+    scores, ids = u.topk_block(q, db, k, metric, exclude=exclude)
+    want_scores, want_ids = ref_topk(q, db, k, metric, exclude)
+    assert scores.dtype == np.float64 and ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-12, atol=1e-12)
+    assert not (ids == exclude[:, None]).any()
+
+
+@pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
+def test_topk_f32_matches_reference_scores(metric):
+    q, db = random((40, 48), np.float32), random((3000, 48), np.float32, seed=1)
+    k = 10
+    scores, ids = u.topk_block(q, db, k, metric)
+    assert scores.dtype == np.float32
+    exact = ref_pairwise(q, db, metric)
+    t = tol(np.float32, 48)
+    # The returned rows really have the returned scores ...
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, ids, axis=1), **t)
+    # ... and they are the best k (up to float32 rounding near the k-th place).
+    np.testing.assert_allclose(scores, ref_topk(q, db, k, metric)[0], **t)
+    steps = np.diff(scores, axis=1)
+    assert (steps <= 0).all() if metric in SIMILARITIES else (steps >= 0).all()
+
+
+@pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
+def test_topk_ties_go_to_the_lower_id(metric):
+    distinct = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]], np.float32)
+    db = np.tile(distinct, (500, 1))  # each row repeats every 4 rows, across tiles
+    q = np.array([[0.9, 0.8], [-1.0, 0.0]], np.float32)
+    scores, ids = u.topk_block(q, db, 7, metric)
+    _, want = ref_topk(q, db, 7, metric)
+    np.testing.assert_array_equal(ids, want)
+    assert (np.diff(ids[:, :3]) > 0).all()
+
+
+def test_topk_k_larger_than_n_pads_with_nan_and_minus_one():
+    db = np.array([[0.0], [1.0], [np.nan]])
+    scores, ids = u.topk_block(np.array([[0.9]]), db, 5, "euclidean")
+    assert ids.tolist() == [[1, 0, -1, -1, -1]]
+    np.testing.assert_allclose(scores[0, :2], [0.1, 0.9])
+    assert np.isnan(scores[0, 2:]).all()
+
+
+def test_topk_nan_scores_are_never_returned_but_infinities_are():
+    db = np.array([[1.0], [np.nan], [3.0], [np.inf], [-1.0]])
+    scores, ids = u.topk_block(np.array([[1.0]]), db, 5, "dot")
+    assert ids.tolist() == [[3, 2, 0, 4, -1]]
+    assert scores[0, :4].tolist() == [np.inf, 3.0, 1.0, -1.0]
+
+
+def test_topk_k_zero_and_large_k():
+    q, db = random((3, 4), np.float32), random((50, 4), np.float32, seed=1)
+    scores, ids = u.topk_block(q, db, 0)
+    assert scores.shape == ids.shape == (3, 0)
+    scores, ids = u.topk_block(q, db, 1000)
+    assert (ids[:, :50] >= 0).all() and (ids[:, 50:] == -1).all()
+    assert sorted(ids[0, :50]) == list(range(50))
+
+
+def test_topk_self_join_excludes_itself():
+    x = random((30, 6), np.float64)
+    _, ids = u.topk_block(x, x, 3, "euclidean", exclude=np.arange(30))
+    assert not (ids == np.arange(30)[:, None]).any()
+    _, ids = u.topk_block(x, x, 1, "euclidean")
+    assert ids[:, 0].tolist() == list(range(30))
+
+
+def test_topk_needs_out_and_topk_block_validates():
+    q = np.ones((2, 3))
+    with pytest.raises(ValueError):
+        u.topk_cosine(q, q, -1)
+    with pytest.raises(ValueError, match="metric"):
+        u.topk_block(q, q, 1, "hamming")
+    with pytest.raises(ValueError, match="k must"):
+        u.topk_block(q, q, -1)
+    with pytest.raises(TypeError, match="integers"):
+        u.topk_block(q, q, 1, exclude=np.array([0.5, 1.0]))
+
+
+def test_topk_result_dtype():
+    q = np.ones((2, 3), np.float32)
+    assert u.topk_block(q, q, 1)[0].dtype == np.float32
+    assert u.topk_block(q, q.astype(np.float64), 1)[0].dtype == np.float64
+    assert u.topk_block(q.astype(np.int64), q.astype(np.int64), 1)[0].dtype == np.float64
+
+
+def test_topk_does_not_depend_on_query_or_database_chunking():
+    q, db = random((60, 16), np.float32), random((5000, 16), np.float32, seed=1)
+    db[4000:] = db[:1000]  # exact duplicates, far apart
+    scores, ids = u.topk_block(q, db, 20, "cosine")
+    parts = [u.topk_block(q[s], db, 20, "cosine") for s in (slice(0, 7), slice(7, 60))]
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), ids)
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), scores)
+    # Merging per-chunk results (ids offset, ties to the lower id) gives the same answer.
+    s1, i1 = u.topk_block(q, db[:2500], 20, "cosine")
+    s2, i2 = u.topk_block(q, db[2500:], 20, "cosine")
+    s, i = np.hstack([s1, s2]), np.hstack([i1, i2 + 2500])
+    order = np.array([np.lexsort((ii, -ss)) for ss, ii in zip(s, i)])[:, :20]
+    np.testing.assert_array_equal(np.take_along_axis(i, order, axis=1), ids)
+    np.testing.assert_array_equal(np.take_along_axis(s, order, axis=1), scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Element-wise
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", BINARY)
+def test_binary_matches_numpy(dtype, name):
+    a, b = random((5, 7), dtype), random(7, dtype, seed=1) + dtype(3)
+    got = getattr(u, name)(a, b)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, BINARY[name](a, b))
+    np.testing.assert_array_equal(getattr(u, name)(a[:, ::-2], dtype(1.5)), BINARY[name](a[:, ::-2], dtype(1.5)))
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_reduce_and_accumulate(name):
+    x = random((4, 6), np.float64) + 2
+    for axis in (0, 1):
+        np.testing.assert_allclose(getattr(u, name).reduce(x, axis=axis), BINARY[name].reduce(x, axis=axis), rtol=1e-14)
+        np.testing.assert_allclose(getattr(u, name).accumulate(x, axis=axis), BINARY[name].accumulate(x, axis=axis), rtol=1e-14)
+    assert u.add.reduce(np.zeros(0)) == 0 and u.multiply.reduce(np.zeros(0)) == 1
+
+
+def test_ieee_semantics_and_numpy_warnings():
+    with np.errstate(all="ignore"):
+        got = u.divide(np.array([1.0, -1.0, 0.0]), np.zeros(3))
+    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2])
+    with pytest.warns(RuntimeWarning, match="divide by zero encountered in divide"):
+        u.divide(np.ones(2), np.zeros(2))
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(u.add(np.inf, -np.inf))
+
+
+# ----------------------------------------------------------------------------------------------
+# Panics and the GIL
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 5000])  # GIL held / released around the loop
+def test_panic_becomes_runtime_error(rows):
+    with pytest.raises(RuntimeError, match="_panic_check: Rust panic in ufunc loop: deliberate panic"):
+        u._panic_check(np.ones((rows, 3)))
+    # The interpreter and the ufuncs still work afterwards.
+    assert u.norm_l1(np.ones((2, 3))).tolist() == [3.0, 3.0]
+
+
+def test_numpy_releases_the_gil_around_large_loops():
+    """Deterministic: the loop itself reports whether its thread held the GIL."""
+    assert u._gil_held(np.ones((2, 3), np.float32)).tolist() == [1.0, 1.0]
+    assert not u._gil_held(np.ones((4096, 3), np.float32)).any()
+    assert not u._gil_held(np.ones((4096, 3), np.float64)).any()
+
+
+# ----------------------------------------------------------------------------------------------
+# Dask and xarray
+# ----------------------------------------------------------------------------------------------
+
+
+def test_dask_arrays_route_to_apply_gufunc():
+    da = pytest.importorskip("dask.array")
+    q, db = random((100, 8), np.float32), random((40, 8), np.float32, seed=1)
+    dq = da.from_array(q, chunks=(30, 8))  # loop dimension chunked, core dimension whole
+    for name, f in PAIRWISE.items():
+        lazy = f(dq, db)
+        assert isinstance(lazy, da.Array) and lazy.chunks == ((30, 30, 30, 10), (40,))
+        np.testing.assert_array_equal(lazy.compute(), f(q, db), err_msg=name)
+    lazy = u.normalize_l2(dq)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(), u.normalize_l2(q))
+    np.testing.assert_array_equal(u.scale(dq, da.ones(100, chunks=30)).compute(), q)
+    np.testing.assert_array_equal(u.add(dq, 1).compute(), q + 1)
+
+
+def test_dask_core_dimensions_must_be_single_chunk():
+    da = pytest.importorskip("dask.array")
+    dq = da.from_array(random((10, 8), np.float32), chunks=(5, 4))
+    with pytest.raises(ValueError, match="consists of multiple chunks"):
+        u.cosine(dq, random((3, 8), np.float32))
+
+
+def test_dask_topk_through_apply_gufunc():
+    da = pytest.importorskip("dask.array")
+    q, db = random((90, 8), np.float32), random((500, 8), np.float32, seed=1)
+    k = 6
+    scores, ids = da.apply_gufunc(
+        lambda q, db: u.topk_block(q, db, k, "manhattan"),
+        "(d),(n,d)->(k),(k)",
+        da.from_array(q, chunks=(25, 8)),
+        db,
+        output_sizes={"k": k},
+        output_dtypes=(np.float32, np.int64),
+    )
+    want = u.topk_block(q, db, k, "manhattan")
+    np.testing.assert_array_equal(scores.compute(), want[0])
+    np.testing.assert_array_equal(ids.compute(), want[1])
+
+
+@pytest.mark.parametrize("dask", ["parallelized", "allowed"])
+def test_xarray_apply_ufunc(dask):
+    xr = pytest.importorskip("xarray")
+    da = pytest.importorskip("dask.array")
+    q, db = random((12, 5), np.float64), random((7, 5), np.float64, seed=1)
+    qa = xr.DataArray(da.from_array(q, chunks=(4, 5)), dims=("item", "d"))
+    dba = xr.DataArray(db, dims=("row", "d"))
+    kwargs = {"output_dtypes": [np.float64]} if dask == "parallelized" else {}
+    sims = xr.apply_ufunc(
+        u.cosine, qa, dba, input_core_dims=[["d"], ["row", "d"]], output_core_dims=[["row"]], dask=dask, **kwargs
+    )
+    assert sims.dims == ("item", "row")
+    np.testing.assert_allclose(sims.values, ref_pairwise(q, db, "cosine"), rtol=1e-12, atol=1e-14)
+    normed = xr.apply_ufunc(u.normalize_l1, qa, input_core_dims=[["d"]], output_core_dims=[["d"]], dask=dask, **kwargs)
+    np.testing.assert_allclose(normed.values, ref_normalize(q, "l1"), rtol=1e-12)
+
+
+def test_xarray_topk():
+    xr = pytest.importorskip("xarray")
+    q, db = random((12, 5), np.float32), random((30, 5), np.float32, seed=1)
+    qa = xr.DataArray(q, dims=("item", "d")).chunk({"item": 5})
+    dba = xr.DataArray(db, dims=("row", "d"))
+    scores, ids = xr.apply_ufunc(
+        lambda q, db: u.topk_block(q, db, 3, "dot"),
+        qa,
+        dba,
+        input_core_dims=[["d"], ["row", "d"]],
+        output_core_dims=[["k"], ["k"]],
+        dask="parallelized",
+        output_dtypes=[np.float32, np.int64],
+        dask_gufunc_kwargs={"output_sizes": {"k": 3}},
+    )
+    np.testing.assert_array_equal(ids.values, u.topk_block(q, db, 3, "dot")[1])
+    assert scores.dims == ("item", "k")
