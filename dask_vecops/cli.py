@@ -45,15 +45,18 @@ def _demo(args) -> int:
     print(api.backends(), end="\n\n")
     x = clustered_embeddings(args.rows, args.features, chunk_rows=args.chunk_rows)
     picks = np.random.default_rng(1).choice(args.rows, size=args.queries, replace=False)
+    print(f"generating {x.shape} {x.dtype} embeddings in {x.numblocks[0]} chunks")
+    with ProgressBar():
+        x = x.persist()
     queries = x[np.sort(picks)]
-    print(f"database {x.shape} {x.dtype} in {x.numblocks[0]} chunks; {args.queries} queries; k={args.k}")
+    print(f"searching: {args.queries} queries, k={args.k}")
     scores, ids = api.cosine_topk(queries, args.k, database=x, backend=args.backend)
     start = time.perf_counter()
     with ProgressBar():
         scores, ids = dask.compute(scores, ids)
     seconds = time.perf_counter() - start
     _print_neighbours(np.sort(picks), scores, ids)
-    print(f"\nwall time {seconds:.2f} s for {args.queries} x {args.rows} x {args.features} "
+    print(f"\nsearch wall time {seconds:.2f} s for {args.queries} x {args.rows} x {args.features} "
           f"({2 * args.queries * args.rows * args.features / seconds / 1e9:.1f} GFLOP/s effective)")
     return _check_sample(x.compute(), queries.compute(), scores, ids, args.check_rows)
 
