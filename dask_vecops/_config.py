@@ -27,9 +27,9 @@ def get(key: str, value=None):
     return dask.config.get(f"vecops.{key}")
 
 
-def memory_budget_bytes(value=None) -> int:
-    """The query-batch budget in bytes (``vecops.memory-budget``, e.g. ``"256MiB"``)."""
+def bytes_value(key: str, value=None) -> int:
+    """A size setting such as ``vecops.memory-budget`` ("256MiB" or a number) in bytes."""
     from dask.utils import parse_bytes
 
-    budget = get("memory-budget", value)
-    return int(parse_bytes(budget)) if isinstance(budget, str) else int(budget)
+    size = get(key, value)
+    return int(parse_bytes(size)) if isinstance(size, str) else int(size)

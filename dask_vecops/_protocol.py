@@ -42,11 +42,20 @@ class ChunkBackend(Protocol):
         """The ``(len(a), len(b))`` matrix of ``metric`` between the rows of ``a`` and ``b``."""
 
     def topk_block(
-        self, q: np.ndarray, db: np.ndarray, k: int, metric: str, exclude: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``k`` rows of ``db`` for each row of ``q``: ``(scores, ids)``, ids local to ``db``.
+        self,
+        q: np.ndarray,
+        db: np.ndarray,
+        k: int,
+        metric: str,
+        exclude: np.ndarray | None = None,
+        db_norms: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Best ``k`` rows of ``db`` for each row of ``q``: ``(scores, ids, db_norms)``.
 
-        ``exclude``, when given, holds for each query a local ``db`` row to leave out (-1: none).
+        ids are local to ``db``. ``exclude``, when given, holds for each query a local ``db`` row
+        to leave out (-1: none). For cosine, ``db_norms`` are the L2 norms of the ``db`` rows when
+        the caller has them (the backend then does not recompute them); the backend returns the
+        norms it used, or None when it has none to give, so the caller can cache them.
         """
 
     def merge_topk(

@@ -172,6 +172,7 @@ def topk(
         topk_block=module.topk_block, merge_topk=module.merge_topk,
         nan_policy=_nan_policy(nan_policy), self_join=self_join, split_every=split_every,
         names=("x", "x") if self_join else ("queries", "database"),
+        norm_cache_bytes=_config.bytes_value("norm-cache"),
     )
 
 
@@ -195,7 +196,7 @@ def cosine_topk(x, k: int, *, database=None, **options):
 def _batch_queries(q: da.Array) -> da.Array:
     """Queries in as few row chunks as the memory budget allows (one if they fit)."""
     row_bytes = max(1, q.shape[1] * q.dtype.itemsize)
-    rows = max(1, _config.memory_budget_bytes() // row_bytes)
+    rows = max(1, _config.bytes_value("memory-budget") // row_bytes)
     if q.shape[0] <= rows:
         return q.rechunk({0: -1}) if q.numblocks[0] > 1 else q
     return q.rechunk({0: rows})

@@ -72,28 +72,50 @@ def select_topk(scores: np.ndarray, k: int, metric: str, id_offset: int = 0):
 
 
 def tiled_topk(
-    similarity: Callable, q: np.ndarray, db: np.ndarray, k: int, metric: str, exclude=None
-) -> tuple[np.ndarray, np.ndarray]:
+    similarity: Callable, q: np.ndarray, db: np.ndarray, k: int, metric: str, exclude=None,
+    db_norms=None,
+):
     """Top-k of ``q`` against ``db`` computed tile by tile with ``similarity(a, b, metric)``.
 
     The ``len(q) x len(db)`` score matrix never exists at once: each tile of at most
-    :data:`TILE_BYTES` is reduced to its best k and merged into the running result.
+    :data:`TILE_BYTES` is reduced to its best k and merged into the running result. Cosine is
+    scored as the dot product of the normalised queries with the raw database rows, scaled by the
+    rows' inverse L2 norms (``db_norms``, computed here when not given, and returned for caching).
     """
+    column_scale = None
+    if metric == "cosine":
+        db_norms = row_norms_l2(db) if db_norms is None else db_norms
+        column_scale = _inverse(db_norms).astype(db.dtype, copy=False)
+        q = q * _inverse(row_norms_l2(q)).astype(q.dtype, copy=False)[:, None]
     parts = [
         _topk_query_tile(similarity, q[start : start + QUERY_TILE_ROWS], db, k, metric,
-                         None if exclude is None else exclude[start : start + QUERY_TILE_ROWS])
+                         None if exclude is None else exclude[start : start + QUERY_TILE_ROWS],
+                         column_scale)
         for start in range(0, max(len(q), 1), QUERY_TILE_ROWS)
     ]
-    scores = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, k), q.dtype)
-    ids = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, k), np.int64)
-    return scores[: len(q)], ids[: len(q)]
+    scores = np.concatenate([p[0] for p in parts])[: len(q)]
+    ids = np.concatenate([p[1] for p in parts])[: len(q)]
+    return scores, ids, db_norms
 
 
-def _topk_query_tile(similarity, q, db, k, metric, exclude):
+def row_norms_l2(x: np.ndarray) -> np.ndarray:
+    """The L2 norm of each row."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
+def _inverse(norms: np.ndarray) -> np.ndarray:
+    """1 / norm, and 0 for zero rows (so their cosine similarity is 0)."""
+    return np.divide(1, norms, out=np.zeros_like(norms), where=norms != 0)
+
+
+def _topk_query_tile(similarity, q, db, k, metric, exclude, column_scale):
     db_rows = max(1, TILE_BYTES // (max(len(q), 1) * q.itemsize))
+    tile_metric = "dot" if column_scale is not None else metric
     best = (np.full((len(q), k), np.nan, q.dtype), np.full((len(q), k), -1, np.int64))
     for start in range(0, len(db), db_rows):
-        tile = similarity(q, db[start : start + db_rows], metric)
+        tile = similarity(q, db[start : start + db_rows], tile_metric)
+        if column_scale is not None:
+            tile *= column_scale[start : start + db_rows]
         if exclude is not None:
             _drop_excluded(tile, exclude - start)
         part = select_topk(tile, k, metric, id_offset=start)

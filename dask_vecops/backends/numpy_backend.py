@@ -19,7 +19,7 @@ _DIFF_BYTES = 8 * 2**20
 def row_norms(x: np.ndarray, norm: str) -> np.ndarray:
     """The ``norm`` ("l2", "l1" or "max") of each row of ``x``."""
     if norm == "l2":
-        return np.sqrt(np.einsum("ij,ij->i", x, x))
+        return _select.row_norms_l2(x)
     if norm == "l1":
         return np.abs(x).sum(axis=1)
     return np.abs(x).max(axis=1, initial=0)
@@ -52,6 +52,6 @@ def _distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return out
 
 
-def topk_block(q, db, k, metric, exclude=None):
+def topk_block(q, db, k, metric, exclude=None, db_norms=None):
     """Best ``k`` rows of ``db`` for each row of ``q``, tile by tile (see the chunk protocol)."""
-    return _select.tiled_topk(similarity_block, q, db, k, metric, exclude)
+    return _select.tiled_topk(similarity_block, q, db, k, metric, exclude, db_norms)

@@ -34,11 +34,11 @@ def similarity_block(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return _PAIRWISE[metric](a, b)
 
 
-def topk_block(q, db, k, metric, exclude=None):
+def topk_block(q, db, k, metric, exclude=None, db_norms=None):
     """Best ``k`` rows of ``db`` for each row of ``q`` by the fused Rust kernel."""
     scores = np.empty((len(q), k), dtype=np.result_type(q, db, np.float32))
     ids = np.empty((len(q), k), dtype=np.int64)
     if len(q):
         exclude = np.int64(-1) if exclude is None else exclude.astype(np.int64, copy=False)
         _TOPK[metric](q, db, exclude, out=(scores, ids))
-    return scores, ids
+    return scores, ids, None

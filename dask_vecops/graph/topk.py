@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 
 from .._validate import finite_mask
+from ._norm_cache import NORM_CACHE
 from ._rows import row_ids
 
 
@@ -29,14 +30,17 @@ def topk(
     self_join: bool = False,
     split_every: int | None = None,
     names=("queries", "database"),
+    norm_cache_bytes: int = 0,
 ) -> tuple[da.Array, da.Array]:
     """Lazy ``(scores, ids)``, each ``(len(q), k)``: the best ``k`` rows of ``db`` for each row of ``q``.
 
     With ``self_join`` the rows of ``q`` are the rows of ``db`` and each query skips itself.
+    Up to ``norm_cache_bytes`` of database norms are kept per process for later searches.
     """
     pair = partial(
         _topk_pair, topk_block=topk_block, k=k, metric=metric,
         nan_policy=nan_policy, self_join=self_join, names=names,
+        db_name=db.name, norm_cache_bytes=norm_cache_bytes,
     )
     candidates = da.blockwise(
         pair, "ij", q, "ik", row_ids(q), "i", db, "jk", row_ids(db), "j",
@@ -54,7 +58,10 @@ def topk(
     return packed["score"], packed["id"]
 
 
-def _topk_pair(q, q_rows, db, db_rows, *, topk_block, k, metric, nan_policy, self_join, names):
+def _topk_pair(
+    q, q_rows, db, db_rows, *, topk_block, k, metric, nan_policy, self_join, names,
+    db_name, norm_cache_bytes,
+):
     """Chunk function of topk: best k of one database chunk for one query batch, global ids."""
     keep_q = finite_mask(q, q_rows, names[0], nan_policy)
     keep_db = finite_mask(db, db_rows, names[1], nan_policy)
@@ -63,7 +70,12 @@ def _topk_pair(q, q_rows, db, db_rows, *, topk_block, k, metric, nan_policy, sel
     if keep_q is not None:
         q, q_rows = q[keep_q], q_rows[keep_q]
     exclude = _local_positions(q_rows, db_rows) if self_join else None
-    scores, local = topk_block(q, db, k, metric, exclude)
+    # Norms are cached for whole chunks only: omitted rows would change what they describe.
+    key = (db_name, int(db_rows[0]), len(db_rows)) if keep_db is None and len(db_rows) else None
+    norms = NORM_CACHE.get(key) if key and norm_cache_bytes else None
+    scores, local, used_norms = topk_block(q, db, k, metric, exclude, norms)
+    if key and norms is None and used_norms is not None:
+        NORM_CACHE.put(key, used_norms, norm_cache_bytes)
     ids = np.where(local >= 0, db_rows[np.maximum(local, 0)], -1) if len(db_rows) else local
     if keep_q is not None:
         scores, ids = _scatter_queries(scores, ids, keep_q)
