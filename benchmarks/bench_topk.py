@@ -1,18 +1,22 @@
-"""Exact cosine top-k: dask-vecops' backends against the peers, on the same data in one process.
+"""Exact top-k: dask-vecops' backends against the peers, on the same data in one process.
 
-    make bench            # or: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_topk.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_topk.py [options]
 
-Peers: NumPy brute force (normalise, q @ db.T, argpartition), faiss-cpu IndexFlatIP, scikit-learn
-NearestNeighbors(algorithm="brute", metric="cosine") and the hand-written Dask recipe
-(normalise; q @ db.T; da.argtopk). Every contender gets the same float32 database and queries; its
-time includes normalising (FAISS and the recipe need a normalised copy; we do not). Each result is
-checked against a float64 NumPy reference on a sample of queries (recall@k, ties allowed).
-Prints a Markdown table for benchmarks/RESULTS.md.
+One case per run (database size, features, queries, k, self-join). Peers: NumPy brute force
+(normalise, q @ db.T, argpartition), faiss-cpu IndexFlatIP, scikit-learn
+NearestNeighbors(algorithm="brute", metric="cosine"), SimSIMD (cdist with the cosine metric, then
+argpartition) and the hand-written Dask recipe (normalise; q @ db.T; da.argtopk). Every contender
+gets the same float32 data; its time includes normalising (FAISS, NumPy, scikit-learn and the
+recipe need a normalised copy; we and SimSIMD do not). Each result is checked against a float64
+NumPy reference on a sample of queries (recall@k, ties allowed). Physical limits measured in the
+same run: NumPy's sgemm rate and the time to read the database once from memory.
+benchmarks/bench_cases.py runs the cases of the issues and writes the tables of RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -23,27 +27,28 @@ import numpy as np
 
 import dask_vecops as dv
 from dask_vecops.datasets import clustered_embeddings
+from dask_vecops.graph._norm_cache import NORM_CACHE
 
 
 def main() -> None:
     args = _parser().parse_args()
     db, q = _data(args)
-    print(_environment(), "\n")
-    rate = _sgemm_rate(q, db)
-    print(f"NumPy sgemm ({len(q)} x {db.shape[1]}) @ ({db.shape[1]} x 100000): {rate:.1f} GFLOP/s\n")
-    reference = _reference_sample(q, db, args.k, args.check)
+    limits = {"sgemm_gflops": _sgemm_rate(db), "read_seconds": _read_seconds(db)}
+    reference = _reference_sample(q, db, args.k, args.check, args.self_join)
     rows = []
-    for name, run in _contenders(args):
-        if args.only and not any(o in name for o in args.only):
+    for name, run, prepare in _contenders(args):
+        if args.only and not any(o.lower() in name.lower() for o in args.only):
             continue
+        if prepare is not None:
+            prepare(q, db, args.k)
         seconds, ids = _best_of(args.repeat, run, q, db, args.k)
         if seconds is None:
-            print(f"{name}: skipped ({ids})")
+            print(f"# {name}: skipped ({ids})", flush=True)
             continue
-        rows.append((name, seconds, _recall(ids, reference)))
-        print(f"{name}: {seconds:.2f} s", flush=True)
-    print()
-    print(_table(rows, len(q), db.shape, args.k, rate))
+        rows.append({"name": name, "seconds": seconds, "recall": _recall(ids, reference)})
+        print(f"# {name}: {seconds:.3f} s", flush=True)
+    result = {"case": vars(args), "environment": _environment(), **limits, "rows": rows}
+    print(json.dumps(result) if args.json else _table(result))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,38 +57,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=384)
     p.add_argument("--queries", type=int, default=1_000)
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--self-join", action="store_true", help="every row of the database against the others")
     p.add_argument("--chunk-rows", type=int, default=100_000, help="rows per dask chunk")
     p.add_argument("--repeat", type=int, default=1, help="runs per contender; the best is kept")
     p.add_argument("--check", type=int, default=50, help="queries checked against float64")
     p.add_argument("--only", nargs="*", help="run only contenders whose name contains one of these")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
 
 def _data(args):
     db = clustered_embeddings(args.rows, args.features, chunk_rows=args.chunk_rows).compute()
+    if args.self_join:
+        return db, db
     rng = np.random.default_rng(7)
     picks = rng.choice(args.rows, size=args.queries, replace=False)
     noise = 0.05 * rng.standard_normal((args.queries, args.features)).astype(np.float32)
     return db, db[picks] + noise
 
 
-def _environment() -> str:
+def _environment() -> dict:
     from threadpoolctl import threadpool_info
 
-    pools = ", ".join(
-        f"{p['internal_api']} {p.get('version')} {p.get('architecture')} ({p['num_threads']} threads, {os.path.basename(p['filepath'])})"
-        for p in threadpool_info()
-    )
-    blas_env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-            f"numpy {np.__version__}, dask {dask.__version__}, dask-vecops {dv.__version__}\n"
-            f"thread pools: {pools}\nOpenBLAS variables: {blas_env}")
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "versions": f"numpy {np.__version__}, dask {dask.__version__}, dask-vecops {dv.__version__}",
+        "blas": [f"{p['internal_api']} {p.get('version')} {p.get('architecture')} "
+                 f"({p['num_threads']} threads)" for p in threadpool_info()],
+        "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+    }
 
 
-def _sgemm_rate(q, db) -> float:
+def _sgemm_rate(db) -> float:
+    """NumPy's float32 matrix-product rate for (1000 x d) @ (d x 100000), best of three."""
+    q = db[:1000].copy()
     block = np.ascontiguousarray(db[:100_000].T)
     best = min(_timed(lambda: q @ block)[0] for _ in range(3))
     return 2 * len(q) * block.shape[0] * block.shape[1] / best / 1e9
+
+
+def _read_seconds(db) -> float:
+    """Seconds to read the database once from memory (a column sum streams every byte), best of three."""
+    return min(_timed(lambda: np.add.reduce(db, axis=0))[0] for _ in range(3))
 
 
 def _timed(fn):
@@ -97,15 +112,15 @@ def _best_of(repeat, run, q, db, k):
         results = [_timed(lambda: run(q, db, k)) for _ in range(repeat)]
     except ImportError as err:
         return None, err
-    seconds = min(r[0] for r in results)
-    return seconds, np.asarray(results[0][1])
+    return min(r[0] for r in results), np.asarray(results[0][1])
 
 
-def _reference_sample(q, db, k, count):
+def _reference_sample(q, db, k, count, self_join):
     """Float64 cosine scores of a sample of queries against the whole database."""
-    sample = np.linspace(0, len(q) - 1, count).astype(int)
-    dbn = _unit(db.astype(np.float64))
-    scores = _unit(q[sample].astype(np.float64)) @ dbn.T
+    sample = np.linspace(0, len(q) - 1, min(count, len(q))).astype(int)
+    scores = _unit(q[sample].astype(np.float64)) @ _unit(db.astype(np.float64)).T
+    if self_join:
+        scores[np.arange(len(sample)), sample] = -np.inf
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
     return sample, scores, kth
 
@@ -126,70 +141,127 @@ def _unit(x):
 
 def _contenders(args):
     chunks = (args.chunk_rows, -1)
+    self_join = args.self_join
 
-    def ours(backend):
+    def ours(backend, cached=False):
         def run(q, db, k):
-            _, ids = dv.cosine_topk(q, k, database=da.from_array(db, chunks=chunks), backend=backend)
-            return ids.compute(scheduler="threads")
+            x = da.from_array(db, chunks=chunks)
+            if not cached:
+                NORM_CACHE.clear()
+            found = dv.cosine_topk(x, k, backend=backend) if self_join else (
+                dv.cosine_topk(q, k, database=x, backend=backend))
+            return found[1].compute(scheduler="threads")
 
         return run
 
     def dask_recipe(q, db, k):
         x = da.from_array(db, chunks=chunks)
         xn = x / da.linalg.norm(x, axis=1, keepdims=True)
-        qn = _unit(q)
-        return da.argtopk(da.from_array(qn) @ xn.T, k, axis=1).compute(scheduler="threads")
+        qn = xn if self_join else da.from_array(_unit(q))
+        ids = da.argtopk(qn @ xn.T, k + self_join, axis=1).compute(scheduler="threads")
+        return _drop_self(ids, k) if self_join else ids
 
-    return [
+    # (name, run, prepare): prepare runs untimed first; the cached row times a repeat search.
+    contenders = [
         ("dask-vecops rust", ours("rust")),
+        ("dask-vecops rust, norms cached", ours("rust", cached=True), ours("rust")),
         ("dask-vecops scipy", ours("scipy")),
         ("dask-vecops numpy", ours("numpy")),
-        ("NumPy brute force", _numpy_brute),
-        ("faiss-cpu IndexFlatIP", _faiss),
-        ("scikit-learn brute", _sklearn),
+        ("NumPy brute force", _numpy_brute(self_join)),
+        ("faiss-cpu IndexFlatIP", _faiss(self_join)),
+        ("scikit-learn brute", _sklearn(self_join)),
+        ("SimSIMD cdist", _simsimd(self_join)),
         ("Dask recipe", dask_recipe),
     ]
+    return [c if len(c) == 3 else (*c, None) for c in contenders]
 
 
-def _numpy_brute(q, db, k):
-    scores = _unit(q) @ _unit(db).T
+def _numpy_brute(self_join):
+    def run(q, db, k):
+        scores = _unit(q) @ _unit(db).T
+        if self_join:
+            np.fill_diagonal(scores, -np.inf)
+        return _top_ids(scores, k)
+
+    return run
+
+
+def _top_ids(scores, k):
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1)
     return np.take_along_axis(top, order, 1)
 
 
-def _faiss(q, db, k):
-    import faiss
+def _faiss(self_join):
+    def run(q, db, k):
+        import faiss
 
-    base, queries = db.copy(), q.copy()
-    faiss.normalize_L2(base)
-    faiss.normalize_L2(queries)
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(base)
-    return index.search(queries, k)[1]
+        base = db.copy()
+        faiss.normalize_L2(base)
+        queries = base if self_join else q.copy()
+        if not self_join:
+            faiss.normalize_L2(queries)
+        index = faiss.IndexFlatIP(db.shape[1])
+        index.add(base)
+        ids = index.search(queries, k + self_join)[1]
+        return _drop_self(ids, k) if self_join else ids
+
+    return run
 
 
-def _sklearn(q, db, k):
-    from sklearn.neighbors import NearestNeighbors
+def _drop_self(ids, k):
+    """Each row's k best other rows, from a k+1 search that normally returns the row itself first."""
+    own = ids == np.arange(len(ids))[:, None]
+    keep = np.where(own.any(axis=1, keepdims=True), ~own, np.arange(ids.shape[1]) < k)
+    return ids[keep].reshape(len(ids), k)
 
-    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(db)
-    return nn.kneighbors(q, return_distance=False)
+
+def _sklearn(self_join):
+    def run(q, db, k):
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(db)
+        if self_join:
+            return nn.kneighbors(return_distance=False)  # sklearn leaves each row out itself
+        return nn.kneighbors(q, return_distance=False)
+
+    return run
 
 
-def _table(rows, n_queries, shape, k, rate) -> str:
-    ours = next((s for name, s, _ in rows if name == "dask-vecops rust"), rows[0][1])
-    flops = 2 * n_queries * shape[0] * shape[1]
+def _simsimd(self_join):
+    def run(q, db, k):
+        import simsimd
+
+        distances = np.asarray(simsimd.cdist(q, db, metric="cosine", out_dtype="float32",
+                                             threads=os.cpu_count()))
+        if self_join:
+            np.fill_diagonal(distances, np.inf)
+        return _top_ids(-distances, k)
+
+    return run
+
+
+def _table(result) -> str:
+    case, rows = result["case"], result["rows"]
+    ours = next((r["seconds"] for r in rows if r["name"] == "dask-vecops rust"), rows[0]["seconds"])
+    n_queries = case["rows"] if case["self_join"] else case["queries"]
+    flops = 2 * n_queries * case["rows"] * case["features"]
+    rate = result["sgemm_gflops"]
     lines = [
-        f"{shape[0]:,} x {shape[1]} float32 database, {n_queries:,} queries, k={k}; "
-        f"NumPy sgemm rate {rate:.1f} GFLOP/s",
+        f"{case['rows']:,} x {case['features']} float32 database, "
+        f"{'self-join' if case['self_join'] else f'{n_queries:,} queries'}, k={case['k']}; "
+        f"NumPy sgemm {rate:.1f} GFLOP/s; one read of the database {result['read_seconds']:.3f} s",
+        f"environment: {json.dumps(result['environment'])}",
         "",
-        "| contender | seconds | effective GFLOP/s | % of sgemm | queries/s | time / ours | recall@k |",
+        "| contender | seconds | effective GFLOP/s | % of sgemm | x one read | time / ours | recall@k |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, seconds, recall in rows:
-        gflops = flops / seconds / 1e9
-        lines.append(f"| {name} | {seconds:.2f} | {gflops:.1f} | {100 * gflops / rate:.0f}% | "
-                     f"{n_queries / seconds:,.0f} | {seconds / ours:.2f} | {recall:.3f} |")
+    for r in rows:
+        gflops = flops / r["seconds"] / 1e9
+        lines.append(
+            f"| {r['name']} | {r['seconds']:.3f} | {gflops:.1f} | {100 * gflops / rate:.0f}% | "
+            f"{r['seconds'] / result['read_seconds']:.1f} | {r['seconds'] / ours:.2f} | {r['recall']:.3f} |"
+        )
     return "\n".join(lines)
 
 

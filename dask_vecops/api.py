@@ -6,6 +6,7 @@ arrays; nothing is computed until you call ``.compute()`` (or ``dask.compute``).
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 
 from . import _config, graph
@@ -168,7 +169,7 @@ def topk(
     module = _backend(backend)
     split_every = int(_config.get("split-every", split_every))
     return graph.topk(
-        _batch_queries(q), db, k, metric,
+        _batch_queries(q, db.numblocks[0]), db, k, metric,
         topk_block=module.topk_block, merge_topk=module.merge_topk,
         nan_policy=_nan_policy(nan_policy), self_join=self_join, split_every=split_every,
         names=("x", "x") if self_join else ("queries", "database"),
@@ -193,13 +194,31 @@ def cosine_topk(x, k: int, *, database=None, **options):
     return topk(x, k, database=database, metric="cosine", **options)
 
 
-def _batch_queries(q: da.Array) -> da.Array:
-    """Queries in as few row chunks as the memory budget allows (one if they fit)."""
+def _batch_queries(q: da.Array, db_chunks: int) -> da.Array:
+    """Queries in as few row batches as the memory budget allows (one if they fit).
+
+    Each batch reads every database chunk once, so fewer batches mean fewer passes. When there
+    are fewer database chunks than cores, large query sets are split further so that every core
+    gets a (batch, chunk) task.
+    """
     row_bytes = max(1, q.shape[1] * q.dtype.itemsize)
     rows = max(1, _config.bytes_value("memory-budget") // row_bytes)
+    cores_short = -(-_cores() // db_chunks)
+    rows = min(rows, max(_MIN_BATCH_ROWS, -(-q.shape[0] // cores_short)))
     if q.shape[0] <= rows:
         return q.rechunk({0: -1}) if q.numblocks[0] > 1 else q
     return q.rechunk({0: rows})
+
+
+# Below this many queries a batch is not worth another pass over the database.
+_MIN_BATCH_ROWS = 256
+
+
+def _cores() -> int:
+    """The threads Dask's local scheduler will use."""
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT)
 
 
 def backends():
