@@ -85,10 +85,10 @@ def check_choice(value, valid, what: str):
 def nonfinite_rows(x: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows of ``x`` that hold a NaN or an inf.
 
-    One cheap pass: a row sum is finite unless the row holds NaN/inf or the sum overflows; only the
-    rows whose sum is not finite are looked at element by element.
+    One pass at memory speed: a row's sum of squares is finite unless the row holds NaN/inf or
+    the sum overflows; only the rows whose sum is not finite are looked at element by element.
     """
-    suspect = ~np.isfinite(x.sum(axis=1))
+    suspect = ~np.isfinite(np.einsum("ij,ij->i", x, x))
     if suspect.any():
         suspect[suspect] = ~np.isfinite(x[suspect]).all(axis=1)
     return suspect

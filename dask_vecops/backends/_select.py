@@ -82,6 +82,12 @@ def tiled_topk(
     scored as the dot product of the normalised queries with the raw database rows, scaled by the
     rows' inverse L2 norms (``db_norms``, computed here when not given, and returned for caching).
     """
+    # Non-finite rows are screened by the caller, which may look at the returned norms first.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _tiled_topk(similarity, q, db, k, metric, exclude, db_norms)
+
+
+def _tiled_topk(similarity, q, db, k, metric, exclude, db_norms):
     column_scale = None
     if metric == "cosine":
         db_norms = row_norms_l2(db) if db_norms is None else db_norms

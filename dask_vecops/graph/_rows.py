@@ -26,3 +26,14 @@ def scatter_rows(values: np.ndarray, keep: np.ndarray, n_rows: int, axis: int = 
     index[axis] = keep
     out[tuple(index)] = values
     return out
+
+
+def single_block(block):
+    """The one block blockwise hands over for a contracted index with ``concatenate=False``.
+
+    ``concatenate=True`` would copy it (``np.concatenate`` of one array still copies): a whole
+    extra pass over every database chunk.
+    """
+    while isinstance(block, list):
+        (block,) = block
+    return block

@@ -7,7 +7,7 @@ from functools import partial
 import dask.array as da
 
 from .._validate import finite_mask
-from ._rows import matrix_meta, row_ids, scatter_rows
+from ._rows import matrix_meta, row_ids, scatter_rows, single_block
 
 
 def similarity(
@@ -21,11 +21,12 @@ def similarity(
     # Shaped like dask's `outer`: the feature index k is contracted inside each task.
     return da.blockwise(
         chunk, "ij", a, "ik", row_ids(a), "i", b, "jk", row_ids(b), "j",
-        dtype=a.dtype, meta=matrix_meta(a, a.dtype), concatenate=True, token="vecops-similarity",
+        dtype=a.dtype, meta=matrix_meta(a, a.dtype), concatenate=False, token="vecops-similarity",
     )
 
 
 def _similarity_chunk(a, a_rows, b, b_rows, *, similarity_block, metric, nan_policy, names):
+    a, b = single_block(a), single_block(b)
     keep_a = finite_mask(a, a_rows, names[0], nan_policy)
     keep_b = finite_mask(b, b_rows, names[1], nan_policy)
     if keep_a is None and keep_b is None:

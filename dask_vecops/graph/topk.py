@@ -15,7 +15,7 @@ import numpy as np
 
 from .._validate import finite_mask
 from ._norm_cache import NORM_CACHE
-from ._rows import row_ids
+from ._rows import row_ids, single_block
 
 
 def topk(
@@ -44,7 +44,7 @@ def topk(
     )
     candidates = da.blockwise(
         pair, "ij", q, "ik", row_ids(q), "i", db, "jk", row_ids(db), "j",
-        dtype=object, meta=np.empty((0, 0), dtype=object), concatenate=True, token="vecops-topk",
+        dtype=object, meta=np.empty((0, 0), dtype=object), concatenate=False, token="vecops-topk",
     )
     record = np.dtype([("score", q.dtype), ("id", np.int64)])
     packed = da.reduction(
@@ -63,23 +63,45 @@ def _topk_pair(
     db_name, norm_cache_bytes,
 ):
     """Chunk function of topk: best k of one database chunk for one query batch, global ids."""
+    q, db = single_block(q), single_block(db)
     keep_q = finite_mask(q, q_rows, names[0], nan_policy)
-    keep_db = finite_mask(db, db_rows, names[1], nan_policy)
-    if keep_db is not None:
-        db, db_rows = db[keep_db], db_rows[keep_db]
     if keep_q is not None:
         q, q_rows = q[keep_q], q_rows[keep_q]
+    search = partial(_search, topk_block, q, q_rows, k=k, metric=metric, self_join=self_join)
+    key = (db_name, int(db_rows[0]), len(db_rows)) if len(db_rows) and norm_cache_bytes else None
+    norms = NORM_CACHE.get(key) if key else None
+    if metric == "cosine" and norms is None:
+        # The norms the kernel computes tell whether every row is finite, sparing a pass.
+        scores, ids, norms = search(db, db_rows)
+        if norms is not None and np.isfinite(norms).all():
+            if key:
+                NORM_CACHE.put(key, norms, norm_cache_bytes)
+            return _with_all_queries(scores, ids, keep_q)
+        norms = None
+    if norms is None:  # cached norms were made from finite rows only
+        keep_db = finite_mask(db, db_rows, names[1], nan_policy)
+        if keep_db is not None:
+            db, db_rows = db[keep_db], db_rows[keep_db]
+    scores, ids, _ = search(db, db_rows, db_norms=norms)
+    return _with_all_queries(scores, ids, keep_q)
+
+
+def _search(topk_block, q, q_rows, db, db_rows, *, k, metric, self_join, db_norms=None):
+    """The backend's top-k of one pair of blocks, with global database ids."""
     exclude = _local_positions(q_rows, db_rows) if self_join else None
-    # Norms are cached for whole chunks only: omitted rows would change what they describe.
-    key = (db_name, int(db_rows[0]), len(db_rows)) if keep_db is None and len(db_rows) else None
-    norms = NORM_CACHE.get(key) if key and norm_cache_bytes else None
-    scores, local, used_norms = topk_block(q, db, k, metric, exclude, norms)
-    if key and norms is None and used_norms is not None:
-        NORM_CACHE.put(key, used_norms, norm_cache_bytes)
+    scores, local, norms = topk_block(q, db, k, metric, exclude, db_norms)
     ids = np.where(local >= 0, db_rows[np.maximum(local, 0)], -1) if len(db_rows) else local
-    if keep_q is not None:
-        scores, ids = _scatter_queries(scores, ids, keep_q)
-    return scores, ids
+    return scores, ids, norms
+
+
+def _with_all_queries(scores, ids, keep_q):
+    """Results of the kept queries placed back among all; omitted queries get NaN / -1."""
+    if keep_q is None:
+        return scores, ids
+    all_scores = np.full((len(keep_q), scores.shape[1]), np.nan, scores.dtype)
+    all_ids = np.full((len(keep_q), ids.shape[1]), -1, np.int64)
+    all_scores[keep_q], all_ids[keep_q] = scores, ids
+    return all_scores, all_ids
 
 
 def _local_positions(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -88,14 +110,6 @@ def _local_positions(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
     found = pos < len(rows)
     found[found] = rows[pos[found]] == wanted[found]
     return np.where(found, pos, -1)
-
-
-def _scatter_queries(scores, ids, keep_q):
-    """Results of the kept queries placed back among all; omitted queries get NaN / -1."""
-    all_scores = np.full((len(keep_q), scores.shape[1]), np.nan, scores.dtype)
-    all_ids = np.full((len(keep_q), ids.shape[1]), -1, np.int64)
-    all_scores[keep_q], all_ids[keep_q] = scores, ids
-    return all_scores, all_ids
 
 
 def _as_candidates(pair, axis, keepdims):
