@@ -1,10 +1,45 @@
 """Type stub for ``dask_vecops._rust``, the compiled extension built from ``rust_ufuncs/``.
 
 Every name is a :class:`numpy.ufunc` with a float32 loop then a float64 loop (top-k index
-outputs are int64). See :mod:`dask_vecops.ufuncs` for the public handle and examples.
+outputs are int64), except three plain functions: ``topk_block`` (the Python backend's
+top-k entry point) and ``set_num_threads`` / ``get_num_threads`` (see ``docs/threads.md``).
+See :mod:`dask_vecops.ufuncs` for the public handle and examples.
 """
 
+from typing import Literal, TypeVar
+
 import numpy as np
+
+_F = TypeVar("_F", np.float32, np.float64)
+
+def topk_block(
+    q: np.ndarray[tuple[int, int], np.dtype[_F]],
+    db: np.ndarray[tuple[int, int], np.dtype[_F]],
+    k: int,
+    metric: Literal["cosine", "dot", "euclidean", "manhattan"],
+    exclude: np.ndarray[tuple[int], np.dtype[np.int64]] | None = None,
+    db_norms: np.ndarray[tuple[int], np.dtype[_F]] | None = None,
+) -> tuple[
+    np.ndarray[tuple[int, int], np.dtype[_F]],
+    np.ndarray[tuple[int, int], np.dtype[np.int64]],
+    np.ndarray[tuple[int], np.dtype[_F]] | None,
+]:
+    """Exact top-``k`` rows of ``db`` per row of ``q``: ``(scores, ids, db_norms)``.
+
+    ``q`` (m, d) and ``db`` (n, d) are C-contiguous arrays of one dtype, float32 or float64
+    (TypeError / ValueError otherwise). ``exclude``: per query a ``db`` row to skip, or -1.
+    ``db_norms``: the L2 norms of the ``db`` rows (same dtype), used as given for cosine.
+    Best first; ties to the lower id; NaN scores never returned; padding (NaN, -1). The
+    third element is, for cosine, the norms used (``db_norms`` itself, or those computed in
+    the same pass, equal to ``norm_l2(db)``), for the caller to cache; None otherwise.
+    Runs without the GIL, on up to ``get_num_threads()`` threads.
+    """
+
+def set_num_threads(n: int) -> None:
+    """Threads each kernel call may use (``n >= 1``); default ``DASK_VECOPS_NUM_THREADS`` or 1."""
+
+def get_num_threads() -> int:
+    """Threads each kernel call may use."""
 
 normalize_l2: np.ufunc
 """``(d)->(d)``: each row divided by its L2 norm; zero rows stay zero."""

@@ -21,6 +21,9 @@ ufuncs                                                 signature                
 The top-k ufuncs need ``out=(scores, ids)`` because ``k`` appears in no input;
 :func:`topk_block` allocates them.
 
+The kernels run serially on the calling thread unless :func:`set_num_threads` allows more
+(one shared pool; see ``docs/threads.md``): Dask already runs one chunk per core.
+
 Examples
 --------
 >>> import numpy as np
@@ -49,6 +52,7 @@ try:
         cosine,
         divide,
         dot,
+        get_num_threads,
         euclidean,
         manhattan,
         multiply,
@@ -59,6 +63,7 @@ try:
         normalize_l2,
         normalize_max,
         scale,
+        set_num_threads,
         subtract,
         topk_cosine,
         topk_dot,
@@ -151,4 +156,9 @@ _UFUNCS = {
 # Run the examples in the ufuncs' own docstrings (written in Rust) as doctests of this module.
 __test__ = {name: uf.__doc__ for name, uf in _UFUNCS.items()}
 
-__all__ = sorted(name for name in _UFUNCS if not name.startswith("_")) + ["TOPK_UFUNCS", "topk_block"]
+__all__ = sorted(name for name in _UFUNCS if not name.startswith("_")) + [
+    "TOPK_UFUNCS",
+    "get_num_threads",
+    "set_num_threads",
+    "topk_block",
+]

@@ -556,3 +556,258 @@ def test_xarray_topk():
     )
     np.testing.assert_array_equal(ids.values, u.topk_block(q, db, 3, "dot")[1])
     assert scores.dims == ("item", "k")
+
+
+# ----------------------------------------------------------------------------------------------
+# The topk_block pyfunction (dask_vecops._rust.topk_block) and the thread-count knob
+# ----------------------------------------------------------------------------------------------
+
+from dask_vecops import _rust  # noqa: E402
+
+
+@pytest.fixture
+def threads():
+    """Restores the thread count a test changes."""
+    before = _rust.get_num_threads()
+    yield
+    _rust.set_num_threads(before)
+
+
+def check_topk(q, db, k, metric, scores, ids, exclude=None):
+    """``(scores, ids)`` against the float64 reference: exact for float64; for float32 the
+    returned rows carry their exact scores and are the best k up to float32 rounding."""
+    assert scores.shape == ids.shape == (len(q), k)
+    assert scores.dtype == q.dtype and ids.dtype == np.int64
+    want_scores, want_ids = ref_topk(q, db, k, metric, exclude)
+    if q.dtype == np.float64:
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-12, atol=1e-12)
+        return
+    t = tol(np.float32, q.shape[1])
+    found = ids >= 0
+    np.testing.assert_array_equal(found, want_ids >= 0)
+    exact = ref_pairwise(q, db, metric)
+    got_exact = np.take_along_axis(exact, np.where(found, ids, 0), axis=1)
+    np.testing.assert_allclose(scores[found], got_exact[found], **t)
+    np.testing.assert_allclose(scores[found], want_scores[found], **t)
+    assert np.isnan(scores[~found]).all()
+    if exclude is not None:
+        assert not (ids == np.asarray(exclude)[:, None]).any()
+
+
+# Few queries take the row-streaming kernel, many the packed-panel kernel (over 128 f32 queries
+# on AVX-512, over 64 on AVX2); ragged against every tile size.
+SHAPES = {"few": (5, 700, 37), "one": (1, 300, 8), "many": (300, 530, 19)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_topk_block_pyfunction_matches_reference(dtype, metric, shape, k):
+    m, n, d = SHAPES[shape]
+    q, db = random((m, d), dtype), random((n, d), dtype, seed=1)
+    exclude = np.where(np.arange(m) % 2 == 0, -1, np.arange(m) % n).astype(np.int64)
+    scores, ids, norms = _rust.topk_block(q, db, k, metric, exclude)
+    check_topk(q, db, k, metric, scores, ids, exclude)
+    if metric == "cosine":
+        assert norms.dtype == dtype and norms.shape == (n,)
+        np.testing.assert_array_equal(norms, u.norm_l2(db))
+        # Given norms are used as they are, and returned as they were given.
+        again = _rust.topk_block(q, db, k, metric, exclude, norms)
+        np.testing.assert_array_equal(again[0], scores)
+        np.testing.assert_array_equal(again[1], ids)
+        assert again[2] is norms
+    else:
+        assert norms is None
+        assert _rust.topk_block(q, db, k, metric, exclude, u.norm_l2(db))[2] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
+def test_topk_block_pyfunction_matches_the_ufunc_bit_for_bit(dtype, metric):
+    q, db = random((40, 24), dtype), random((900, 24), dtype, seed=1)
+    scores, ids, _ = _rust.topk_block(q, db, 7, metric)
+    want = u.topk_block(q, db, 7, metric)
+    np.testing.assert_array_equal(scores, want[0])
+    np.testing.assert_array_equal(ids, want[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_block_k_beyond_n_and_zero(dtype):
+    q, db = random((3, 4), dtype), random((6, 4), dtype, seed=1)
+    scores, ids, norms = _rust.topk_block(q, db, 9, "cosine")
+    assert (ids[:, 6:] == -1).all() and np.isnan(scores[:, 6:]).all()
+    assert sorted(ids[0, :6]) == list(range(6))
+    scores, ids, norms = _rust.topk_block(q, db, 0, "cosine")
+    assert scores.shape == ids.shape == (3, 0)
+    np.testing.assert_array_equal(norms, u.norm_l2(db))  # computed even with nothing to rank
+    scores, ids, _ = _rust.topk_block(q[:0], db, 4, "dot")
+    assert scores.shape == (0, 4)
+    scores, ids, norms = _rust.topk_block(q, db[:0], 2, "cosine")
+    assert (ids == -1).all() and norms.shape == (0,)
+
+
+def test_topk_block_wrong_norms_change_the_result():
+    q, db = random((6, 5), np.float64), random((80, 5), np.float64, seed=1)
+    right = _rust.topk_block(q, db, 5, "cosine")
+    # Norms of 1 make cosine rank exactly like the dot product of the normalised queries.
+    ones = _rust.topk_block(q, db, 5, "cosine", db_norms=np.ones(80))
+    dot = _rust.topk_block(q, db, 5, "dot")
+    assert not np.array_equal(right[1], ones[1])
+    np.testing.assert_array_equal(ones[1], dot[1])
+    halved = _rust.topk_block(q, db, 5, "cosine", db_norms=right[2] / 2)
+    np.testing.assert_allclose(halved[0], 2 * right[0], rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
+def test_topk_block_nan_rows(dtype, metric):
+    q, db = random((4, 6), dtype), random((50, 6), dtype, seed=1)
+    db[[3, 17]] = np.nan
+    db[5, 2] = np.nan
+    q[2, 0] = np.nan
+    scores, ids, norms = _rust.topk_block(q, db, 60, metric)
+    assert not np.isin(ids, [3, 5, 17]).any()
+    assert (ids[2] == -1).all() and np.isnan(scores[2]).all()  # a NaN query matches nothing
+    assert ((ids[[0, 1, 3]] >= 0).sum(axis=1) == 47).all()
+    check_topk(q[[0, 1, 3]], db, 60, metric, scores[[0, 1, 3]], ids[[0, 1, 3]])
+    if metric == "cosine":
+        assert np.isnan(norms[[3, 5, 17]]).all() and np.isfinite(np.delete(norms, [3, 5, 17])).all()
+
+
+def test_topk_block_ties_go_to_the_lower_id_on_both_kernels():
+    distinct = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]], np.float32)
+    db = np.tile(distinct, (3000, 1))
+    for m in (2, 300):  # row-streaming and packed-panel kernels
+        q = np.tile(np.array([[0.9, 0.8], [-1.0, 0.0]], np.float32), (m // 2, 1))
+        for metric in u.TOPK_UFUNCS:
+            _, ids, _ = _rust.topk_block(q, db, 7, metric)
+            np.testing.assert_array_equal(ids, ref_topk(q, db, 7, metric)[1])
+
+
+def test_topk_block_kernels_give_the_same_bits():
+    """A query's results do not depend on how many queries share the call (which picks the
+    row-streaming or the packed-panel kernel) nor on the database split."""
+    q, db = random((300, 33), np.float32), random((3000, 33), np.float32, seed=1)
+    for metric in u.TOPK_UFUNCS:
+        whole = _rust.topk_block(q, db, 12, metric)
+        few = _rust.topk_block(q[:3], db, 12, metric)
+        np.testing.assert_array_equal(few[0], whole[0][:3])
+        np.testing.assert_array_equal(few[1], whole[1][:3])
+        if metric == "cosine":
+            np.testing.assert_array_equal(few[2], whole[2])
+        halves = [_rust.topk_block(q[:3], db[s], 12, metric) for s in (slice(0, 1500), slice(1500, None))]
+        s = np.hstack([halves[0][0], halves[1][0]])
+        i = np.hstack([halves[0][1], halves[1][1] + 1500])
+        key = -s if metric in SIMILARITIES else s
+        order = np.array([np.lexsort((ii, kk)) for kk, ii in zip(key, i)])[:, :12]
+        np.testing.assert_array_equal(np.take_along_axis(i, order, axis=1), few[1])
+        np.testing.assert_array_equal(np.take_along_axis(s, order, axis=1), few[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 20_000, 16), (300, 2000, 16)])  # database / query split
+def test_topk_block_threads_give_identical_results(threads, dtype, shape):
+    m, n, d = shape
+    q, db = random((m, d), dtype), random((n, d), dtype, seed=1)
+    exclude = (np.arange(m) * 7).astype(np.int64)
+    for metric in u.TOPK_UFUNCS:
+        _rust.set_num_threads(1)
+        one = _rust.topk_block(q, db, 25, metric, exclude)
+        ufunc_one = u.topk_block(q, db, 25, metric, exclude)
+        _rust.set_num_threads(2)
+        two = _rust.topk_block(q, db, 25, metric, exclude)
+        ufunc_two = u.topk_block(q, db, 25, metric, exclude)
+        for a, b in [(one, two), (ufunc_one, ufunc_two), (one[:2], ufunc_two)]:
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+        if metric == "cosine":
+            np.testing.assert_array_equal(one[2], two[2])
+
+
+def test_pairwise_threads_give_identical_results(threads):
+    a, b = random((200, 20), np.float32), random((700, 20), np.float32, seed=1)
+    _rust.set_num_threads(1)
+    one = {name: f(a, b) for name, f in PAIRWISE.items()}
+    _rust.set_num_threads(2)
+    for name, f in PAIRWISE.items():
+        np.testing.assert_array_equal(f(a, b), one[name], err_msg=name)
+
+
+def test_topk_block_validates_its_arguments():
+    q, db = random((3, 4), np.float32), random((9, 4), np.float32, seed=1)
+    with pytest.raises(TypeError, match="same dtype"):
+        _rust.topk_block(q, db.astype(np.float64), 2, "dot")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _rust.topk_block(q.astype(np.int64), db.astype(np.int64), 2, "dot")
+    with pytest.raises(TypeError, match="NumPy array"):
+        _rust.topk_block(q.tolist(), db, 2, "dot")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _rust.topk_block(np.asfortranarray(np.hstack([q, q])), np.hstack([db, db]), 2, "dot")
+    with pytest.raises(ValueError, match="aligned"):
+        _rust.topk_block(unaligned(q), db, 2, "dot")
+    with pytest.raises(ValueError, match="dimension"):
+        _rust.topk_block(q[0], db, 2, "dot")
+    with pytest.raises(ValueError, match="columns"):
+        _rust.topk_block(np.ascontiguousarray(q[:, :3]), db, 2, "dot")
+    with pytest.raises(ValueError, match="k must be"):
+        _rust.topk_block(q, db, -1, "dot")
+    with pytest.raises(ValueError, match="metric"):
+        _rust.topk_block(q, db, 2, "hamming")
+    with pytest.raises(TypeError, match="int64"):
+        _rust.topk_block(q, db, 2, "dot", exclude=np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="one entry per query"):
+        _rust.topk_block(q, db, 2, "dot", exclude=np.zeros(4, np.int64))
+    with pytest.raises(TypeError, match="dtype of db"):
+        _rust.topk_block(q, db, 2, "cosine", db_norms=np.ones(9))
+    with pytest.raises(ValueError, match="one entry per db row"):
+        _rust.topk_block(q, db, 2, "cosine", db_norms=np.ones(8, np.float32))
+    # None means "not given" for both optional arguments.
+    _rust.topk_block(q, db, 2, "cosine", None, None)
+
+
+def test_topk_block_runs_concurrently_without_the_gil():
+    """Threads calling the kernel at once get the answers they get alone."""
+    import threading
+
+    q, db = random((50, 32), np.float32), random((4000, 32), np.float32, seed=1)
+    want = _rust.topk_block(q, db, 5, "cosine")
+    got = [None] * 4
+
+    def work(i):
+        got[i] = _rust.topk_block(q, db, 5, "cosine")
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for g in got:
+        np.testing.assert_array_equal(g[1], want[1])
+
+
+def test_num_threads_setting(threads):
+    _rust.set_num_threads(3)
+    assert _rust.get_num_threads() == 3
+    _rust.set_num_threads(1)
+    assert _rust.get_num_threads() == 1
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=">= 1"):
+            _rust.set_num_threads(bad)
+    assert _rust.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("", 1), ("zero", 1), ("0", 1), (None, 1)])
+def test_num_threads_default_comes_from_the_environment(monkeypatch, value, expected):
+    import subprocess
+
+    env = dict(__import__("os").environ)
+    env.pop("DASK_VECOPS_NUM_THREADS", None)
+    if value is not None:
+        env["DASK_VECOPS_NUM_THREADS"] = value
+    out = subprocess.run(
+        [sys.executable, "-c", "from dask_vecops import _rust; print(_rust.get_num_threads())"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    assert int(out.stdout) == expected

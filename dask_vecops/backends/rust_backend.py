@@ -16,14 +16,6 @@ _PAIRWISE = {
     "euclidean": _rust.euclidean,
     "manhattan": _rust.manhattan,
 }
-_TOPK = {
-    "cosine": _rust.topk_cosine,
-    "dot": _rust.topk_dot,
-    "euclidean": _rust.topk_euclidean,
-    "manhattan": _rust.topk_manhattan,
-}
-
-
 def normalize_block(x: np.ndarray, norm: str) -> np.ndarray:
     """Each row divided by its norm; zero rows stay zero."""
     return _NORMALIZE[norm](x)
@@ -35,10 +27,21 @@ def similarity_block(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
 
 
 def topk_block(q, db, k, metric, exclude=None, db_norms=None):
-    """Best ``k`` rows of ``db`` for each row of ``q`` by the fused Rust kernel."""
-    scores = np.empty((len(q), k), dtype=np.result_type(q, db, np.float32))
-    ids = np.empty((len(q), k), dtype=np.int64)
-    if len(q):
-        exclude = np.int64(-1) if exclude is None else exclude.astype(np.int64, copy=False)
-        _TOPK[metric](q, db, exclude, out=(scores, ids))
-    return scores, ids, None
+    """Best ``k`` rows of ``db`` for each row of ``q`` by the fused Rust kernel.
+
+    For cosine the kernel returns the database norms it computed in its pass over ``db`` (or the
+    ``db_norms`` it was given), so the caller can cache them.
+    """
+    q, db = _in_place(q), _in_place(db)
+    if exclude is not None:
+        exclude = _in_place(exclude, np.int64)
+    if db_norms is not None:
+        db_norms = _in_place(db_norms, db.dtype)
+    return _rust.topk_block(q, db, k, metric, exclude, db_norms)
+
+
+def _in_place(x: np.ndarray, dtype=None) -> np.ndarray:
+    """``x`` as the kernel reads it in place: C-contiguous and aligned (blocks unpickled on a
+    ``distributed`` worker may not be aligned); copies only when it is not."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return x if x.flags.aligned else x.copy()

@@ -1,10 +1,13 @@
 //! dask-vecops' Rust part: exact vector operations as real NumPy ufuncs (`dask_vecops._rust`).
 //!
 //! `kernels` is pure Rust on slices (tested with `cargo test --no-default-features`); `ufunc`
-//! adapts NumPy's strided loops to it; this file only registers the ufuncs.
+//! adapts NumPy's strided loops to it; `pyfuncs` holds the plain functions (`topk_block`,
+//! `set_num_threads`, `get_num_threads`); this file only registers them.
 
 pub mod kernels;
 
+#[cfg(feature = "python")]
+mod pyfuncs;
 #[cfg(feature = "python")]
 mod ufunc;
 
@@ -143,6 +146,9 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
             PANIC_CHECK_DOC,
         ),
     )?;
+    m.add_function(wrap_pyfunction!(pyfuncs::topk_block, m)?)?;
+    m.add_function(wrap_pyfunction!(pyfuncs::set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(pyfuncs::get_num_threads, m)?)?;
     add_ufunc(
         m,
         gufunc(

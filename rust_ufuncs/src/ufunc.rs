@@ -271,7 +271,7 @@ impl Strided {
         let unit = size_of::<T>() as isize;
         (self.cols <= 1 || self.col_stride == unit)
             && (self.rows <= 1 || self.row_stride == self.cols as isize * unit)
-            && (self.ptr as usize) % align_of::<T>() == 0
+            && (self.ptr as usize).is_multiple_of(align_of::<T>())
     }
 
     /// # Safety

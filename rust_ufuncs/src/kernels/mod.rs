@@ -1,10 +1,18 @@
-//! Pure-Rust kernels on slices: no Python, no raw pointers. `ufunc.rs` adapts NumPy's strided
-//! buffers to these functions; `cargo test --no-default-features` tests them without libpython.
+//! Pure-Rust kernels on slices: no Python; raw pointers and intrinsics only inside `simd`.
+//! `ufunc.rs` adapts NumPy's strided buffers to these functions and `pyfuncs.rs` NumPy arrays;
+//! `cargo test --no-default-features` tests them without libpython.
+//!
+//! `simd`: the register-tile kernels (packed panels for many queries, rows read in place for
+//! few), their sinks (store, or compare with each query's top-k bar in registers), packing and
+//! row sums. `pairwise`: operands, blocking, cosine scales. `topk`: selectors and the work split.
+//! `threads`: the one capped rayon pool. `scratch`: per-thread buffers reused across calls.
 
 pub mod elementwise;
 pub mod normalize;
 pub mod pairwise;
+pub mod scratch;
 pub mod simd;
+pub mod threads;
 pub mod topk;
 
 #[cfg(test)]
@@ -22,6 +30,7 @@ pub trait Real:
     + Send
     + Sync
     + 'static
+    + scratch::Pooled
     + Add<Output = Self>
     + Sub<Output = Self>
     + Mul<Output = Self>
@@ -53,11 +62,38 @@ pub trait Real:
     fn order_bits(self) -> u64;
     /// The value of `order_bits` (zeros come back as +0).
     fn from_order_bits(bits: u64) -> Self;
+
+    /// A (rank, row id) pair packed in one integer whose order is (rank, id): `u64` for f32
+    /// (32-bit ranks and ids, so top-k selection compares and moves half the bytes), `u128`
+    /// for f64.
+    type Key: Copy + Ord + Default + Debug + Send + Sync + 'static + scratch::Pooled;
+    /// All ones over the width of `order_bits`.
+    const RANK_MASK: u64;
+    /// The largest row id a key holds.
+    const MAX_KEY_ID: u64;
+    fn make_key(rank: u64, id: u64) -> Self::Key;
+    /// `(rank, id)` of a key.
+    fn split_key(key: Self::Key) -> (u64, u64);
 }
 
 macro_rules! impl_real {
-    ($t:ty, $bits:ty, $portable:literal, $avx512:ident, $avx2:ident) => {
+    ($t:ty, $bits:ty, $portable:literal, $avx512:ident, $avx2:ident, $key:ty) => {
         impl Real for $t {
+            type Key = $key;
+            const RANK_MASK: u64 = <$bits>::MAX as u64;
+            const MAX_KEY_ID: u64 = <$bits>::MAX as u64;
+            #[inline(always)]
+            fn make_key(rank: u64, id: u64) -> $key {
+                ((rank as $key) << <$bits>::BITS) | id as $key
+            }
+            #[inline(always)]
+            fn split_key(key: $key) -> (u64, u64) {
+                (
+                    (key >> <$bits>::BITS) as u64,
+                    (key & <$bits>::MAX as $key) as u64,
+                )
+            }
+
             type PortableLanes = simd::Portable<$t, $portable>;
             #[cfg(target_arch = "x86_64")]
             type Avx512Lanes = simd::$avx512;
@@ -115,8 +151,8 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f32, u32, 4, F32x16, F32x8);
-impl_real!(f64, u64, 2, F64x8, F64x4);
+impl_real!(f32, u32, 4, F32x16, F32x8, u64);
+impl_real!(f64, u64, 2, F64x8, F64x4, u128);
 
 /// The four ways to compare two vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

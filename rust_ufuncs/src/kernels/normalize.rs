@@ -1,7 +1,7 @@
 //! Row norms and row normalisation. Norms are accumulated in f64 (also for f32 rows), so they
 //! neither overflow for large f32 values nor lose digits over long rows.
 
-use super::Real;
+use super::{simd, Real};
 
 /// Which norm a row is measured (and divided) by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,30 +16,14 @@ pub enum Norm {
 pub fn norm<T: Real>(kind: Norm, row: &[T]) -> f64 {
     match kind {
         Norm::L2 => l2_norm(row),
-        Norm::L1 => sum_lanes(row, |x| x.abs()),
+        Norm::L1 => simd::sum_abs(row),
         Norm::Max => max_abs(row),
     }
 }
 
-/// sqrt(sum x^2) in f64.
+/// sqrt(sum x^2) in f64 (the order of the sum: `simd::sum_squares`).
 pub fn l2_norm<T: Real>(row: &[T]) -> f64 {
-    sum_lanes(row, |x| x * x).sqrt()
-}
-
-/// Sum of `f(x)` over the row in f64, with eight independent accumulators so it vectorises.
-#[inline(always)]
-fn sum_lanes<T: Real>(row: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut chunks = row.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a += f(x.to_f64());
-        }
-    }
-    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += f(x.to_f64());
-    }
-    acc.iter().sum()
+    simd::sum_squares(row).sqrt()
 }
 
 /// max |x|, NaN if any element is NaN (plain `max` would skip NaNs).
@@ -65,14 +49,18 @@ pub fn normalize_rows<T: Real>(kind: Norm, x: &[T], d: usize, out: &mut [T]) {
     if d == 0 {
         return;
     }
-    for (row, out_row) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let n = norm(kind, row);
-        let divisor = if n == 0.0 { 1.0 } else { n };
-        for (o, &v) in out_row.iter_mut().zip(row) {
-            // One rounding: the f64 quotient rounded to T.
-            *o = T::from_f64(v.to_f64() / divisor);
+    // The same loop, compiled for the best vector ISA (the arithmetic, hence every bit of the
+    // result, is the same: IEEE division and rounding).
+    simd::with_best_isa(|| {
+        for (row, out_row) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let n = norm(kind, row);
+            let divisor = if n == 0.0 { 1.0 } else { n };
+            for (o, &v) in out_row.iter_mut().zip(row) {
+                // One rounding: the f64 quotient rounded to T.
+                *o = T::from_f64(v.to_f64() / divisor);
+            }
         }
-    }
+    })
 }
 
 #[cfg(test)]

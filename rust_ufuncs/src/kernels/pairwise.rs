@@ -1,12 +1,22 @@
-//! All-pairs scores of query rows against database rows, GEMM-style: queries and database are
-//! cut into cache-sized blocks, packed into register-tile panels once, and scored block pair by
-//! block pair with the SIMD kernel of `simd`. Norms for cosine are computed once per call.
+//! All-pairs scores of query rows against database rows, GEMM-style: the queries are packed
+//! into register-tile panels once, the database is packed block by block (cache-sized blocks,
+//! one pass over its memory), and every block is scored against all query panels with the SIMD
+//! kernel of `simd`, whose sink takes the scores straight from the registers.
+//!
+//! Cosine is `dot(q * s_q, b) * s_b`, where `s = 1 / norm` and the norm is the row's L2 norm
+//! (accumulated in f64, see `normalize::l2_norm`) rounded to the element type: queries are
+//! scaled when packed, database rows' scores in the kernel's registers, so cosine costs what a
+//! dot product does, and a pair's cosine depends only on its two rows (and the norms, when the
+//! caller passes them), whichever kernel computed it.
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use super::normalize::l2_norm;
-use super::simd::{self, panel_shape, score_panels, Accumulator, Isa, PanelJob};
-use super::{Metric, Real};
+use super::scratch::Buf;
+use super::simd::{self, panel_shape, score_store, Accumulator, Isa, PanelJob, Store};
+use super::{threads, Metric, Real};
 
 /// A row-major matrix of `n` rows of `d` values.
 #[derive(Clone, Copy, Debug)]
@@ -38,42 +48,90 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
-/// Writes `metric(q[i], db[j])` to `out[i * db.n + j]` for every pair.
-pub fn pairwise<T: Real>(metric: Metric, q: Rows<T>, db: Rows<T>, out: &mut [T]) {
-    assert_eq!(out.len(), q.n * db.n, "output length");
-    let scorer = Scorer::new(metric, q, db);
-    scorer.scan(0..q.n, |tile| {
-        for (r, i) in tile.queries.clone().enumerate() {
-            out[i * db.n + tile.rows.start..i * db.n + tile.rows.end]
-                .copy_from_slice(tile.scores_of(r));
-        }
-    });
+/// The L2 norm of a row as cosine uses it: accumulated in f64, rounded to `T` (the value the
+/// `norm_l2` ufunc returns).
+#[inline]
+pub fn cosine_norm<T: Real>(row: &[T]) -> T {
+    T::from_f64(l2_norm(row))
 }
 
-/// The scores of query rows `queries` against database rows `rows`.
-pub(crate) struct Tile<'t, T> {
-    pub queries: Range<usize>,
-    pub rows: Range<usize>,
-    scores: &'t [T],
-    ld: usize,
-}
-
-impl<T> Tile<'_, T> {
-    /// Scores of query `queries.start + r` against `rows`, in row order.
-    #[inline]
-    pub fn scores_of(&self, r: usize) -> &[T] {
-        &self.scores[r * self.ld..r * self.ld + self.rows.len()]
+/// `norms[i] = cosine_norm(rows.row(i))`, several rows at a time.
+pub fn cosine_norms<T: Real>(rows: Rows<T>, norms: &mut [T]) {
+    assert_eq!(norms.len(), rows.n, "one norm per row");
+    let mut sums = Buf::filled(rows.n, 0.0f64);
+    simd::sum_squares_rows(rows.data, rows.d, &mut sums);
+    for (n, &s) in norms.iter_mut().zip(sums.iter()) {
+        *n = T::from_f64(s.sqrt());
     }
 }
 
-/// Scores one (queries, database) problem block by block.
-pub(crate) struct Scorer<'a, T> {
+/// The factor a row is multiplied by for cosine: `1 / norm` (rounded to `T`), 0 for a zero
+/// vector (whose cosine with anything is then 0), NaN for an infinite or NaN norm.
+#[inline]
+pub fn cosine_scale<T: Real>(norm: T) -> T {
+    let n = norm.to_f64();
+    if n == 0.0 {
+        T::ZERO
+    } else if n.is_finite() {
+        T::from_f64(1.0 / n)
+    } else {
+        T::NAN
+    }
+}
+
+/// Writes `metric(q[i], db[j])` to `out[i * db.n + j]` for every pair, using up to
+/// `threads::num_threads()` threads (split by query rows).
+pub fn pairwise<T: Real>(metric: Metric, q: Rows<T>, db: Rows<T>, out: &mut [T]) {
+    pairwise_threads(metric, q, db, out, threads::num_threads());
+}
+
+/// `pairwise` with an explicit thread count.
+pub fn pairwise_threads<T: Real>(
     metric: Metric,
-    q: Rows<'a, T>,
-    db: Rows<'a, T>,
-    q_inv_norm: Vec<f64>,
-    db_inv_norm: Vec<f64>,
-    isa: Isa,
+    q: Rows<T>,
+    db: Rows<T>,
+    out: &mut [T],
+    threads: usize,
+) {
+    assert_eq!(out.len(), q.n * db.n, "output length");
+    if q.n == 0 || db.n == 0 {
+        return;
+    }
+    let scorer = Scorer::new(metric, q, db);
+    let (mr, _) = scorer.shape();
+    // Enough queries per thread to keep the kernel busy; else one thread does it all.
+    let parts = threads.min(q.n.div_ceil(4 * mr)).max(1);
+    if parts == 1 {
+        let mut norms = Buf::take();
+        return scorer.store_rows(0..q.n, out, &mut norms);
+    }
+    let rows_per = q.n.div_ceil(parts).div_ceil(mr) * mr;
+    // Cosine: the database norms once, up front, shared by every thread.
+    let norms = scorer.db_norms_parallel(threads);
+    let scorer = Scorer {
+        db_norms: norms.as_deref(),
+        ..scorer
+    };
+    threads::install(threads, || {
+        out.par_chunks_mut(rows_per * db.n)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let start = t * rows_per;
+                let mut none = Buf::take();
+                scorer.store_rows(start..start + out.len() / db.n, out, &mut none);
+            })
+    });
+}
+
+/// One (queries, database) problem: packs operands and scores them block by block.
+#[derive(Clone, Copy)]
+pub(crate) struct Scorer<'a, T> {
+    pub metric: Metric,
+    pub q: Rows<'a, T>,
+    pub db: Rows<'a, T>,
+    /// For cosine: the database row norms, when known (given by the caller or computed before).
+    pub db_norms: Option<&'a [T]>,
+    pub isa: Isa,
 }
 
 impl<'a, T: Real> Scorer<'a, T> {
@@ -83,141 +141,202 @@ impl<'a, T: Real> Scorer<'a, T> {
 
     pub(crate) fn with_isa(metric: Metric, q: Rows<'a, T>, db: Rows<'a, T>, isa: Isa) -> Self {
         assert_eq!(q.d, db.d, "queries and database differ in width");
-        let inv = |m: Rows<T>| -> Vec<f64> {
-            if metric == Metric::Cosine {
-                (0..m.n).map(|i| inverse_norm(m.row(i))).collect()
-            } else {
-                Vec::new()
-            }
-        };
         Scorer {
             metric,
-            q_inv_norm: inv(q),
-            db_inv_norm: inv(db),
             q,
             db,
+            db_norms: None,
             isa,
         }
     }
 
-    /// (query rows, database rows) per block: a packed block pair and its score tile fit in a
-    /// typical 1-2 MiB L2.
-    pub(crate) fn block_rows(&self) -> (usize, usize) {
-        let (mr, nr) = panel_shape::<T>(self.isa);
-        let row_bytes = (self.q.d * T::BYTES).max(1);
-        let q_block = (192 * 1024 / row_bytes).clamp(1, 256).div_ceil(mr) * mr;
-        let db_block = (384 * 1024 / row_bytes).clamp(1, 1024).div_ceil(nr) * nr;
-        (q_block, db_block)
+    /// `(MR, NR)` of the kernel.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        panel_shape::<T>(self.isa)
     }
 
-    /// Calls `visit` with the scores of every query in `queries` against every database row,
-    /// database blocks in ascending order (so each query sees its rows in ascending order).
-    pub(crate) fn scan(&self, queries: Range<usize>, mut visit: impl FnMut(Tile<T>)) {
-        let (mr, nr) = panel_shape::<T>(self.isa);
-        let (q_block, db_block) = self.block_rows();
-        let d = self.q.d;
-        let mut q_packed = Vec::new();
-        pack_panels(self.q.slice(queries.clone()), mr, &mut q_packed);
-        let mut db_packed = Vec::new();
-        let mut tile = vec![T::ZERO; q_block * db_block];
-        for ds in (0..self.db.n).step_by(db_block) {
-            let rows = ds..(ds + db_block).min(self.db.n);
-            pack_panels(self.db.slice(rows.clone()), nr, &mut db_packed);
-            let db_panels = rows.len().div_ceil(nr);
-            let ld = db_panels * nr;
-            for qs in queries.clone().step_by(q_block) {
-                let block = qs..(qs + q_block).min(queries.end);
-                let (first, q_panels) = ((qs - queries.start) / mr, block.len().div_ceil(mr));
-                let q = &q_packed[first * mr * d..(first + q_panels) * mr * d];
-                let kind = accumulator(self.metric);
-                score_panels(
-                    self.isa,
-                    PanelJob {
-                        kind,
-                        q,
-                        q_panels,
-                        db: &db_packed,
-                        db_panels,
-                        d,
-                        out: &mut tile,
-                        ld,
-                    },
-                );
-                self.finish_scores(block.clone(), rows.clone(), &mut tile, ld);
-                visit(Tile {
-                    queries: block,
-                    rows: rows.clone(),
-                    scores: &tile,
-                    ld,
-                });
-            }
+    fn cosine(&self) -> bool {
+        self.metric == Metric::Cosine
+    }
+
+    pub(crate) fn kind(&self) -> Accumulator {
+        match self.metric {
+            Metric::Cosine | Metric::Dot => Accumulator::Dot,
+            Metric::Euclidean => Accumulator::SquaredDiff,
+            Metric::Manhattan => Accumulator::AbsDiff,
         }
     }
 
-    /// Turns the kernel's sums into the metric: square roots, or cosine from dot products.
-    fn finish_scores(&self, queries: Range<usize>, rows: Range<usize>, tile: &mut [T], ld: usize) {
-        for (r, i) in queries.enumerate() {
-            let scores = &mut tile[r * ld..r * ld + rows.len()];
-            match self.metric {
-                Metric::Euclidean => scores.iter_mut().for_each(|s| *s = s.sqrt()),
-                Metric::Cosine => {
-                    cosine_from_dots(scores, self.q_inv_norm[i], &self.db_inv_norm[rows.clone()])
-                }
-                Metric::Dot | Metric::Manhattan => {}
+    /// Database rows per packed block: the packed block stays in a 1 MiB L2 (with room for a
+    /// query panel and the score path) while every query panel is scored against it. With few
+    /// query panels each block is used briefly, so smaller blocks keep it nearer the core.
+    pub(crate) fn db_block_rows(&self, queries: usize) -> usize {
+        let (mr, nr) = self.shape();
+        let row_bytes = (self.db.d * T::BYTES).max(1);
+        let budget = if queries <= 2 * mr {
+            96 * 1024
+        } else {
+            384 * 1024
+        };
+        (budget / row_bytes).clamp(nr, 2048).div_ceil(nr) * nr
+    }
+
+    /// Database rows per block of the row-streaming kernel: the block being scored and the
+    /// next one, prefetched meanwhile, fit in L2 together.
+    pub(crate) fn row_block_rows(&self) -> usize {
+        let (_, g) = simd::rows_shape::<T>(self.isa);
+        let row_bytes = (self.db.d * T::BYTES).max(1);
+        (192 * 1024 / row_bytes).clamp(g, 4096) / g * g
+    }
+
+    /// Packs query rows `range` into MR panels (scaled to unit norm for cosine).
+    pub(crate) fn pack_queries(&self, range: Range<usize>, out: &mut Vec<T>) {
+        let (mr, _) = self.shape();
+        self.pack_queries_in(range, mr, out);
+    }
+
+    /// Packs query rows `range` into panels of `panel` rows (scaled for cosine).
+    pub(crate) fn pack_queries_in(&self, range: Range<usize>, panel: usize, out: &mut Vec<T>) {
+        let rows = self.q.slice(range);
+        resize(out, rows.n.div_ceil(panel) * panel * rows.d);
+        if self.cosine() {
+            let mut scale = Buf::take();
+            scale.extend((0..rows.n).map(|i| cosine_scale(cosine_norm(rows.row(i)))));
+            simd::pack_rows(
+                self.isa,
+                rows.data,
+                rows.n,
+                rows.d,
+                Some(&scale),
+                panel,
+                out,
+            );
+        } else {
+            simd::pack_rows(self.isa, rows.data, rows.n, rows.d, None, panel, out);
+        }
+    }
+
+    /// Packs database rows `range` into NR panels (unscaled: cosine scales the scores).
+    pub(crate) fn pack_db(&self, range: Range<usize>, out: &mut Vec<T>) {
+        let (_, nr) = self.shape();
+        let rows = self.db.slice(range);
+        resize(out, rows.n.div_ceil(nr) * nr * rows.d);
+        simd::pack_rows(self.isa, rows.data, rows.n, rows.d, None, nr, out);
+    }
+
+    /// Cosine: the scales (`1 / norm`) of database rows `range` into `scale`, zero-padded to
+    /// `len` values; the norms come from `db_norms` when known, else are computed here and
+    /// written to `norms_out` (one per row of `range`) when given. Other metrics: `false`, and
+    /// `scale` is left alone.
+    pub(crate) fn db_scale(
+        &self,
+        range: Range<usize>,
+        len: usize,
+        scale: &mut Vec<T>,
+        norms_out: Option<&mut [T]>,
+    ) -> bool {
+        if !self.cosine() {
+            return false;
+        }
+        let rows = self.db.slice(range.clone());
+        scale.clear();
+        match (self.db_norms, norms_out) {
+            (Some(norms), _) => scale.extend(norms[range].iter().map(|&n| cosine_scale(n))),
+            (None, Some(norms)) => {
+                cosine_norms(rows, norms);
+                scale.extend(norms.iter().map(|&n| cosine_scale(n)));
             }
+            (None, None) => {
+                let mut norms = Buf::filled(rows.n, T::ZERO);
+                cosine_norms(rows, &mut norms);
+                scale.extend(norms.iter().map(|&n| cosine_scale(n)));
+            }
+        }
+        scale.resize(len, T::ZERO);
+        true
+    }
+
+    /// For cosine without known norms: all database norms, computed by up to `threads`
+    /// threads. `None` for the other metrics or when the norms are known.
+    pub(crate) fn db_norms_parallel(&self, threads: usize) -> Option<Vec<T>> {
+        if !self.cosine() || self.db_norms.is_some() {
+            return None;
+        }
+        let mut norms = vec![T::ZERO; self.db.n];
+        fill_norms(self.db, &mut norms, threads);
+        Some(norms)
+    }
+
+    /// Scores of queries `queries` against every database row into `out` (row-major,
+    /// `queries.len() x db.n`). When the norms are unknown (cosine), they are computed block
+    /// by block into `norms` (resized to `db.n`).
+    fn store_rows(&self, queries: Range<usize>, out: &mut [T], norms: &mut Buf<T>) {
+        let (mr, nr) = self.shape();
+        let nq = queries.len();
+        let mut q_packed = Buf::take_dirty();
+        self.pack_queries(queries, &mut q_packed);
+        let mut db_packed = Buf::take_dirty();
+        let mut scale = Buf::take();
+        let fill_norms = self.cosine() && self.db_norms.is_none();
+        if fill_norms {
+            resize(norms, self.db.n);
+        }
+        let block = self.db_block_rows(nq);
+        for start in (0..self.db.n).step_by(block) {
+            let rows = start..(start + block).min(self.db.n);
+            let norms_out = if fill_norms {
+                Some(&mut norms[rows.clone()])
+            } else {
+                None
+            };
+            let padded = rows.len().div_ceil(nr) * nr;
+            let scaled = self.db_scale(rows.clone(), padded, &mut scale, norms_out);
+            self.pack_db(rows.clone(), &mut db_packed);
+            let job = PanelJob {
+                kind: self.kind(),
+                q: &q_packed,
+                q_panels: nq.div_ceil(mr),
+                db: &db_packed,
+                db_panels: rows.len().div_ceil(nr),
+                d: self.q.d,
+                scale: scaled.then_some(&scale[..]),
+            };
+            let sink = Store {
+                out: &mut out[start..],
+                ld: self.db.n,
+                rows: nq,
+                cols: rows.len(),
+            };
+            score_store(self.isa, job, sink);
         }
     }
 }
 
-fn accumulator(metric: Metric) -> Accumulator {
-    match metric {
-        Metric::Cosine | Metric::Dot => Accumulator::Dot,
-        Metric::Euclidean => Accumulator::SquaredDiff,
-        Metric::Manhattan => Accumulator::AbsDiff,
+/// `out` resized to `len`; the contents are left as they are (every caller overwrites all of
+/// it), so a reused buffer is not cleared on every call.
+fn resize<T: Real>(out: &mut Vec<T>, len: usize) {
+    if out.len() < len {
+        out.resize(len, T::ZERO);
     }
+    out.truncate(len);
 }
 
-/// Packs `rows` into panels of `panel` rows, coordinate-major inside a panel
-/// (`out[(p * d + k) * panel + lane] = rows[p * panel + lane][k]`), zero-padding the last panel.
-pub(crate) fn pack_panels<T: Real>(rows: Rows<T>, panel: usize, out: &mut Vec<T>) {
-    let d = rows.d;
-    out.clear();
-    out.resize(rows.n.div_ceil(panel) * panel * d, T::ZERO);
-    if d == 0 {
-        return;
+/// `norms[i] = cosine_norm(rows.row(i))`, split over up to `threads` threads.
+pub(crate) fn fill_norms<T: Real>(rows: Rows<T>, norms: &mut [T], threads: usize) {
+    assert_eq!(norms.len(), rows.n);
+    let one = |start: usize, norms: &mut [T]| {
+        cosine_norms(rows.slice(start..start + norms.len()), norms);
+    };
+    const CHUNK: usize = 4096;
+    if threads <= 1 || rows.n <= CHUNK {
+        return one(0, norms);
     }
-    for (p, packed) in out.chunks_exact_mut(panel * d).enumerate() {
-        for lane in 0..panel.min(rows.n - p * panel) {
-            for (k, &x) in rows.row(p * panel + lane).iter().enumerate() {
-                packed[k * panel + lane] = x;
-            }
-        }
-    }
-}
-
-/// 1/|x|, with 0 standing for a zero vector (whose cosine with anything is 0) and NaN for an
-/// infinite one (inf/inf).
-fn inverse_norm<T: Real>(x: &[T]) -> f64 {
-    let norm = l2_norm(x);
-    if norm == 0.0 {
-        0.0
-    } else if norm.is_infinite() {
-        f64::NAN
-    } else {
-        1.0 / norm
-    }
-}
-
-/// Dot products of one query with database rows, in place, to cosines (scaled in f64, so
-/// f32 results are correctly rounded products). Branch-free inside, so it vectorises.
-fn cosine_from_dots<T: Real>(dots: &mut [T], q_inv: f64, db_inv: &[f64]) {
-    if q_inv == 0.0 {
-        return dots.fill(T::ZERO);
-    }
-    for (s, &inv) in dots.iter_mut().zip(db_inv) {
-        let cosine = T::from_f64(s.to_f64() * (q_inv * inv));
-        *s = if inv == 0.0 { T::ZERO } else { cosine };
-    }
+    threads::install(threads, || {
+        norms
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, norms)| one(c * CHUNK, norms))
+    });
 }
 
 #[cfg(test)]
@@ -234,12 +353,10 @@ mod tests {
 
     fn scores_on<T: Real>(isa: Isa, metric: Metric, q: Rows<T>, db: Rows<T>) -> Vec<T> {
         let mut out = vec![T::NAN; q.n * db.n];
-        Scorer::with_isa(metric, q, db, isa).scan(0..q.n, |tile| {
-            for (r, i) in tile.queries.clone().enumerate() {
-                out[i * db.n + tile.rows.start..i * db.n + tile.rows.end]
-                    .copy_from_slice(tile.scores_of(r));
-            }
-        });
+        if q.n > 0 && db.n > 0 {
+            let mut norms = Buf::take();
+            Scorer::with_isa(metric, q, db, isa).store_rows(0..q.n, &mut out, &mut norms);
+        }
         out
     }
 
@@ -282,8 +399,8 @@ mod tests {
 
     #[test]
     fn many_blocks_match_the_reference() {
-        // Small d makes the blocks tall: several query and database blocks, ragged at both ends.
-        check_metric::<f32>(Metric::Dot, 300, 2100, 2, 1e-6);
+        // Small d makes the blocks tall: several database blocks, ragged at the end.
+        check_metric::<f32>(Metric::Dot, 300, 5100, 2, 1e-6);
     }
 
     #[test]
@@ -292,7 +409,7 @@ mod tests {
         let mut rng = Lcg::new(11);
         let base: Vec<f32> = random_matrix(&mut rng, 2, d);
         // The same two vectors at every position of ragged tiles, across several blocks.
-        let (nq, ndb) = (300, 1100);
+        let (nq, ndb) = (300, 3100);
         let q: Vec<f32> = (0..nq).flat_map(|_| base[..d].to_vec()).collect();
         let db: Vec<f32> = (0..ndb).flat_map(|_| base[d..].to_vec()).collect();
         for metric in METRICS {
@@ -314,29 +431,69 @@ mod tests {
     }
 
     #[test]
-    fn pairwise_fills_the_whole_matrix() {
+    fn pairwise_fills_the_whole_matrix_with_any_thread_count() {
         let (nq, ndb, d) = (70, 1500, 24);
         let mut rng = Lcg::new(3);
         let q: Vec<f32> = random_matrix(&mut rng, nq, d);
         let db: Vec<f32> = random_matrix(&mut rng, ndb, d);
-        let mut out = vec![f32::NAN; nq * ndb];
-        pairwise(
-            Metric::Manhattan,
-            Rows::new(&q, nq, d),
-            Rows::new(&db, ndb, d),
-            &mut out,
-        );
-        for i in (0..nq).step_by(7) {
-            for j in (0..ndb).step_by(13) {
-                let want = reference_score(
-                    Metric::Manhattan,
-                    &q[i * d..(i + 1) * d],
-                    &db[j * d..(j + 1) * d],
-                );
-                assert!((out[i * ndb + j] as f64 - want).abs() < 1e-4);
+        for metric in METRICS {
+            let mut one = vec![f32::NAN; nq * ndb];
+            pairwise_threads(
+                metric,
+                Rows::new(&q, nq, d),
+                Rows::new(&db, ndb, d),
+                &mut one,
+                1,
+            );
+            for i in (0..nq).step_by(7) {
+                for j in (0..ndb).step_by(13) {
+                    let want =
+                        reference_score(metric, &q[i * d..(i + 1) * d], &db[j * d..(j + 1) * d]);
+                    assert!((one[i * ndb + j] as f64 - want).abs() < 1e-4);
+                }
             }
+            assert!(one.iter().all(|s| !s.is_nan()));
+            let mut three = vec![f32::NAN; nq * ndb];
+            pairwise_threads(
+                metric,
+                Rows::new(&q, nq, d),
+                Rows::new(&db, ndb, d),
+                &mut three,
+                3,
+            );
+            assert_eq!(
+                one.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                three.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{metric:?}"
+            );
         }
-        assert!(out.iter().all(|s| !s.is_nan()));
+    }
+
+    #[test]
+    fn given_norms_are_used_and_match_computed_ones() {
+        let (nq, ndb, d) = (5, 300, 10);
+        let mut rng = Lcg::new(4);
+        let q: Vec<f64> = random_matrix(&mut rng, nq, d);
+        let db: Vec<f64> = random_matrix(&mut rng, ndb, d);
+        let (q, db) = (Rows::new(&q, nq, d), Rows::new(&db, ndb, d));
+        let computed = scores_on(simd::detect(), Metric::Cosine, q, db);
+        let norms: Vec<f64> = (0..ndb).map(|j| cosine_norm(db.row(j))).collect();
+        let mut given = vec![0.0; nq * ndb];
+        let scorer = Scorer {
+            db_norms: Some(&norms),
+            ..Scorer::new(Metric::Cosine, q, db)
+        };
+        scorer.store_rows(0..nq, &mut given, &mut Buf::take());
+        assert_eq!(computed, given);
+        let doubled: Vec<f64> = norms.iter().map(|n| 2.0 * n).collect();
+        let scorer = Scorer {
+            db_norms: Some(&doubled),
+            ..scorer
+        };
+        scorer.store_rows(0..nq, &mut given, &mut Buf::take());
+        for (g, c) in given.iter().zip(&computed) {
+            assert!((g - c / 2.0).abs() < 1e-15);
+        }
     }
 
     #[test]
@@ -404,24 +561,15 @@ mod tests {
     }
 
     #[test]
-    fn packing_interleaves_rows_and_pads_with_zeros() {
-        let rows = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // 3 rows of 2
-        let mut packed = Vec::new();
-        pack_panels(Rows::new(&rows, 3, 2), 2, &mut packed);
-        assert_eq!(packed, [1.0, 3.0, 2.0, 4.0, 5.0, 0.0, 6.0, 0.0]);
-    }
-
-    #[test]
     fn blocks_are_whole_panels() {
         for d in [0, 1, 3, 384, 1536, 100_000] {
             let data = vec![0.0f32; d];
             let scorer = Scorer::new(Metric::Dot, Rows::new(&data, 1, d), Rows::new(&data, 1, d));
-            let (mr, nr) = panel_shape::<f32>(simd::detect());
-            let (qb, dbb) = scorer.block_rows();
-            assert!(
-                qb >= mr && qb % mr == 0 && dbb >= nr && dbb % nr == 0,
-                "{d}: {qb} {dbb}"
-            );
+            let (_, nr) = scorer.shape();
+            for queries in [1, 1000] {
+                let rows = scorer.db_block_rows(queries);
+                assert!(rows >= nr && rows.is_multiple_of(nr), "{d}: {rows}");
+            }
         }
     }
 }

@@ -1,14 +1,21 @@
 //! The SIMD score kernel, with runtime CPU-feature dispatch (no `-C target-cpu=native`).
 //!
-//! Both operands come packed in panels (see `pairwise::pack_panels`): `MR` query rows or `NR`
-//! database rows interleaved coordinate by coordinate, so that for every coordinate the kernel
-//! loads `NR` database values as vectors, broadcasts each of `MR` query values, and updates an
-//! `MR x NR` register tile (the BLIS/GEMM scheme; no horizontal sums). Each score is a plain
-//! sequential accumulation over the `d` coordinates in one vector lane, the same for every
-//! position in a tile: a pair's score depends only on its two vectors and the ISA.
+//! Both operands come packed in panels (see `pack_rows`): `MR` query rows or `NR` database rows
+//! interleaved coordinate by coordinate, so that for every coordinate the kernel loads `NR`
+//! database values as vectors, broadcasts each of `MR` query values, and updates an `MR x NR`
+//! register tile (the BLIS/GEMM scheme; no horizontal sums). Each score is a plain sequential
+//! accumulation over the `d` coordinates in one vector lane, the same for every position in a
+//! tile: a pair's score depends only on its two vectors and the ISA.
 //!
-//! This is the crate's only SIMD code; all intrinsics and their `unsafe` live here.
+//! The finished register tile never goes through memory: a *sink* takes it straight from the
+//! registers, either storing it (all-pairs scores) or comparing each query's row of scores with
+//! that query's current top-k bar and handing only the few scores that pass to the selector.
+//!
+//! Database panels are packed with in-register 16 x 16 transposes on AVX-512 (f32), so packing
+//! runs at memory speed. This is the crate's only SIMD code; all intrinsics and their `unsafe`
+//! live here.
 
+use std::any::TypeId;
 use std::array;
 
 use super::Real;
@@ -64,12 +71,12 @@ fn effective(isa: Isa) -> Isa {
     }
 }
 
-/// What a score accumulates over the coordinates.
+/// What a score accumulates over the coordinates, and how the kernel finishes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accumulator {
     /// sum q*b
     Dot,
-    /// sum (q-b)^2 (the caller takes the square root)
+    /// sqrt(sum (q-b)^2): the kernel takes the square root before the sink sees the score
     SquaredDiff,
     /// sum |q-b|
     AbsDiff,
@@ -80,6 +87,8 @@ const AVX2_MR: usize = 6;
 const PORTABLE_MR: usize = 4;
 /// Database panels are two vectors wide for every ISA.
 const NV: usize = 2;
+/// The widest database panel of any ISA (f32 on AVX-512).
+const MAX_NR: usize = 32;
 
 /// `(MR, NR)`: query rows per query panel and database rows per database panel for `isa`.
 pub fn panel_shape<T: Real>(isa: Isa) -> (usize, usize) {
@@ -91,7 +100,8 @@ pub fn panel_shape<T: Real>(isa: Isa) -> (usize, usize) {
     (mr, NV * vector_bytes / T::BYTES)
 }
 
-/// Packed operands and the score tile they fill.
+/// Packed operands: every query panel is scored against every database panel.
+#[derive(Clone, Copy)]
 pub struct PanelJob<'a, T> {
     pub kind: Accumulator,
     /// `q_panels` panels of `MR` rows x `d` coordinates, laid out `[panel][coordinate][row]`.
@@ -101,31 +111,267 @@ pub struct PanelJob<'a, T> {
     pub db: &'a [T],
     pub db_panels: usize,
     pub d: usize,
-    /// Score of packed query row `i` and packed database row `j` goes to `out[i * ld + j]`.
-    pub out: &'a mut [T],
-    pub ld: usize,
+    /// When given (`db_panels * NR` values), every score against packed database row `j` is
+    /// multiplied by `scale[j]` (cosine: the row's `1 / norm`), after the accumulation.
+    pub scale: Option<&'a [T]>,
 }
 
-/// Fills the score tile of `job` with the kernel for `isa` (`panel_shape(isa)` must be the shape
-/// the operands were packed with).
-pub fn score_panels<T: Real>(isa: Isa, job: PanelJob<T>) {
+/// Sink that stores the scores: packed query row `i` and packed database row `j` go to
+/// `out[i * ld + j]`, for `i < rows` and `j < cols` (padding rows are dropped).
+pub struct Store<'a, T> {
+    pub out: &'a mut [T],
+    pub ld: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// What a top-k selector tells the kernel and takes from it.
+pub trait Candidates<T> {
+    /// Similarities (higher is better) or distances.
+    const HIGHER: bool;
+    /// The score packed query row `q` must strictly beat to be offered, or `None` to be offered
+    /// every score (while its selector is not yet full).
+    fn bar(&self, q: usize) -> Option<T>;
+    /// Scores of packed query row `q` against packed database rows `first..first + scores.len()`;
+    /// only the positions whose bit is set in `mask` passed the bar (they may be NaN when the
+    /// bar was `None`).
+    fn offer(&mut self, q: usize, first: usize, scores: &[T], mask: u64);
+    /// Scores of packed queries `first..first + scores.len()` against database row `row`
+    /// (the row-streaming kernel's view); `mask` as in `offer`.
+    fn offer_row(&mut self, first: usize, row: usize, scores: &[T], mask: u64);
+}
+
+/// Sink that feeds a selector: of packed query row `i < rows` only the scores against packed
+/// database rows `j < cols` that beat the row's bar leave the registers.
+pub struct Select<'a, C> {
+    pub candidates: &'a mut C,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Scores every panel pair of `job` with the kernel for `isa` (`panel_shape(isa)` must be the
+/// shape the operands were packed with) into `sink`.
+pub fn score_store<T: Real>(isa: Isa, job: PanelJob<T>, sink: Store<T>) {
+    let (mr, nr) = check(isa, &job);
+    assert!(sink.rows <= job.q_panels * mr && sink.cols <= job.db_panels * nr);
+    assert!(sink.cols <= sink.ld, "score stride");
+    if sink.rows > 0 && sink.cols > 0 {
+        assert!(
+            sink.out.len() >= (sink.rows - 1) * sink.ld + sink.cols,
+            "score output size"
+        );
+    }
+    dispatch(isa, job, sink);
+}
+
+/// As `score_store`, into a selector.
+pub fn score_select<T: Real, C: Candidates<T>>(isa: Isa, job: PanelJob<T>, sink: Select<C>) {
+    let (mr, nr) = check(isa, &job);
+    assert!(sink.rows <= job.q_panels * mr && sink.cols <= job.db_panels * nr);
+    dispatch(isa, job, sink);
+}
+
+fn check<T: Real>(isa: Isa, job: &PanelJob<T>) -> (usize, usize) {
     let (mr, nr) = panel_shape::<T>(isa);
     assert_eq!(job.q.len(), job.q_panels * mr * job.d, "packed queries");
     assert_eq!(job.db.len(), job.db_panels * nr * job.d, "packed database");
-    assert!(job.ld >= job.db_panels * nr, "score tile stride");
-    assert!(
-        job.out.len() >= job.q_panels * mr * job.ld,
-        "score tile size"
-    );
+    if let Some(scale) = job.scale {
+        assert_eq!(
+            scale.len(),
+            job.db_panels * nr,
+            "one scale per packed database row"
+        );
+    }
+    (mr, nr)
+}
+
+fn dispatch<T: Real, S: Sink<T>>(isa: Isa, job: PanelJob<T>, sink: S) {
     match effective(isa) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `effective` returned Avx512 only because this CPU has avx512f and fma.
-        Isa::Avx512 => unsafe { x86::avx512(job) },
+        Isa::Avx512 => unsafe { x86::avx512(job, sink) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `effective` returned Avx2 only because this CPU has avx2 and fma.
-        Isa::Avx2 => unsafe { x86::avx2(job) },
+        Isa::Avx2 => unsafe { x86::avx2(job, sink) },
         // SAFETY: portable lanes use no instructions beyond the target's baseline.
-        _ => unsafe { run::<T, T::PortableLanes, PORTABLE_MR>(job) },
+        _ => unsafe { run::<T, T::PortableLanes, S, PORTABLE_MR>(job, sink) },
+    }
+}
+
+/// Packs `n` rows of `d` values (`data`, row-major) into panels of `panel` rows,
+/// coordinate-major inside a panel (`out[(p * d + k) * panel + lane] = row[p * panel + lane][k]`),
+/// each row multiplied by `scale[row]` when given, the last panel zero-padded.
+pub fn pack_rows<T: Real>(
+    isa: Isa,
+    data: &[T],
+    n: usize,
+    d: usize,
+    scale: Option<&[T]>,
+    panel: usize,
+    out: &mut [T],
+) {
+    assert_eq!(data.len(), n * d, "rows");
+    assert_eq!(out.len(), n.div_ceil(panel) * panel * d, "packed size");
+    if let Some(s) = scale {
+        assert_eq!(s.len(), n, "one scale per row");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if effective(isa) == Isa::Avx512 && panel == 32 && TypeId::of::<T>() == TypeId::of::<f32>() {
+        // SAFETY: T is f32 (same type, so the casts are identities); the CPU has avx512f; the
+        // lengths were checked above.
+        unsafe {
+            let cast = |x: &[T]| std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
+            let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len());
+            return x86::pack32_f32(cast(data), n, d, scale.map(cast), out);
+        }
+    }
+    let _ = isa;
+    pack_rows_portable(data, n, d, scale, panel, out);
+}
+
+fn pack_rows_portable<T: Real>(
+    data: &[T],
+    n: usize,
+    d: usize,
+    scale: Option<&[T]>,
+    panel: usize,
+    out: &mut [T],
+) {
+    if d == 0 {
+        return;
+    }
+    for (p, packed) in out.chunks_exact_mut(panel * d).enumerate() {
+        let lanes = panel.min(n - p * panel);
+        for lane in 0..lanes {
+            let r = p * panel + lane;
+            let row = &data[r * d..(r + 1) * d];
+            match scale {
+                Some(s) => {
+                    let s = s[r];
+                    for (k, &x) in row.iter().enumerate() {
+                        packed[k * panel + lane] = x * s;
+                    }
+                }
+                None => {
+                    for (k, &x) in row.iter().enumerate() {
+                        packed[k * panel + lane] = x;
+                    }
+                }
+            }
+        }
+        for lane in lanes..panel {
+            for k in 0..d {
+                packed[k * panel + lane] = T::ZERO;
+            }
+        }
+    }
+}
+
+/// Accumulators of the row sums (`sum_squares`, `sum_abs`): element `i` of a row goes to
+/// accumulator `i % ROW_ACCS`, in f64, and the accumulators are added up in one fixed order, so
+/// every ISA's vector code gives the same bits as the others with FMA (AVX-512 keeps them in
+/// 4 registers of 8 lanes, AVX2 in 8 of 4).
+const ROW_ACCS: usize = 32;
+
+/// The fixed-order reduction of the row accumulators: a pairwise tree.
+fn reduce_accs(acc: &[f64; ROW_ACCS]) -> f64 {
+    let mut level = *acc;
+    let mut len = ROW_ACCS;
+    while len > 1 {
+        len /= 2;
+        for i in 0..len {
+            level[i] = level[2 * i] + level[2 * i + 1];
+        }
+    }
+    level[0]
+}
+
+/// What a row sum adds up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RowSum {
+    Squares,
+    Abs,
+}
+
+/// `sum(x^2)` of a row, accumulated in f64 (see `ROW_ACCS` for the order).
+pub fn sum_squares<T: Real>(row: &[T]) -> f64 {
+    row_sum(detect(), row, RowSum::Squares)
+}
+
+/// `sum(|x|)` of a row, accumulated in f64 (see `ROW_ACCS` for the order).
+pub fn sum_abs<T: Real>(row: &[T]) -> f64 {
+    row_sum(detect(), row, RowSum::Abs)
+}
+
+fn row_sum<T: Real>(isa: Isa, row: &[T], sum: RowSum) -> f64 {
+    let mut out = [0.0];
+    row_sums(isa, row, row.len(), sum, &mut out);
+    out[0]
+}
+
+/// `out[i]` = the sum of row `i` of `data` (rows of `d` values), several rows at a time.
+fn row_sums<T: Real>(isa: Isa, data: &[T], d: usize, sum: RowSum, out: &mut [f64]) {
+    assert_eq!(data.len(), out.len() * d, "rows");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let is = |t: TypeId| TypeId::of::<T>() == t;
+        // SAFETY: the casts are identities (T is that type); the ISA was detected.
+        unsafe {
+            let as32 = || std::slice::from_raw_parts(data.as_ptr().cast::<f32>(), data.len());
+            let as64 = || std::slice::from_raw_parts(data.as_ptr().cast::<f64>(), data.len());
+            match effective(isa) {
+                Isa::Avx512 if is(TypeId::of::<f32>()) => {
+                    return x86::row_sum_avx512_f32(as32(), d, sum, out)
+                }
+                Isa::Avx512 if is(TypeId::of::<f64>()) => {
+                    return x86::row_sum_avx512_f64(as64(), d, sum, out)
+                }
+                Isa::Avx2 if is(TypeId::of::<f32>()) => {
+                    return x86::row_sum_avx2_f32(as32(), d, sum, out)
+                }
+                Isa::Avx2 if is(TypeId::of::<f64>()) => {
+                    return x86::row_sum_avx2_f64(as64(), d, sum, out)
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = isa;
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &data[r * d..(r + 1) * d];
+        let mut acc = [0.0f64; ROW_ACCS];
+        for (i, &x) in row.iter().enumerate() {
+            let x = x.to_f64();
+            let a = &mut acc[i % ROW_ACCS];
+            *a = match sum {
+                RowSum::Squares if cfg!(target_arch = "aarch64") => x.mul_add(x, *a),
+                RowSum::Squares => x * x + *a,
+                RowSum::Abs => *a + x.abs(),
+            };
+        }
+        *o = reduce_accs(&acc);
+    }
+}
+
+/// `out[i] = sum_squares(row i)` for the rows of `data` (rows of `d` values), faster than
+/// one row at a time.
+pub fn sum_squares_rows<T: Real>(data: &[T], d: usize, out: &mut [f64]) {
+    row_sums(detect(), data, d, RowSum::Squares, out);
+}
+
+/// Runs `f` compiled for the best ISA of this CPU: plain loops in `f` (inlined into the
+/// target-feature function) get that ISA's vectors. Only for code whose results do not depend
+/// on the instructions (no FMA contraction happens without `mul_add`).
+#[inline]
+pub fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
+    match detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() returned Avx512 only because this CPU has avx512f and fma.
+        Isa::Avx512 => unsafe { x86::call_avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() returned Avx2 only because this CPU has avx2 and fma.
+        Isa::Avx2 => unsafe { x86::call_avx2(f) },
+        _ => f(),
     }
 }
 
@@ -133,8 +379,8 @@ pub fn score_panels<T: Real>(isa: Isa, job: PanelJob<T>) {
 ///
 /// # Safety
 /// Implementations may use instructions of one ISA in every method; callers must only call
-/// them when this CPU supports that ISA (`score_panels` checks before it dispatches). That
-/// is the whole safety contract of every method below.
+/// them when this CPU supports that ISA (the kernel entry points check before they dispatch).
+/// That is the whole safety contract of every method below.
 #[allow(clippy::missing_safety_doc)]
 pub unsafe trait Lanes<T: Real>: Copy {
     const W: usize;
@@ -147,10 +393,17 @@ pub unsafe trait Lanes<T: Real>: Copy {
     unsafe fn mul_add(a: Self, b: Self, acc: Self) -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;
     unsafe fn sub(a: Self, b: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
     unsafe fn abs(a: Self) -> Self;
+    unsafe fn sqrt(a: Self) -> Self;
+    /// Bit `l` set where `a[l] > b[l]` (false for NaN).
+    unsafe fn gt_mask(a: Self, b: Self) -> u64;
+    /// Bit `l` set where `a[l] < b[l]` (false for NaN).
+    unsafe fn lt_mask(a: Self, b: Self) -> u64;
 }
 
 trait Accumulate {
+    const SQRT: bool;
     unsafe fn step<T: Real, V: Lanes<T>>(acc: V, q: V, b: V) -> V;
 }
 
@@ -159,6 +412,7 @@ struct SquaredDiffAcc;
 struct AbsDiffAcc;
 
 impl Accumulate for DotAcc {
+    const SQRT: bool = false;
     #[inline(always)]
     unsafe fn step<T: Real, V: Lanes<T>>(acc: V, q: V, b: V) -> V {
         unsafe { V::mul_add(q, b, acc) }
@@ -166,6 +420,7 @@ impl Accumulate for DotAcc {
 }
 
 impl Accumulate for SquaredDiffAcc {
+    const SQRT: bool = true;
     #[inline(always)]
     unsafe fn step<T: Real, V: Lanes<T>>(acc: V, q: V, b: V) -> V {
         unsafe {
@@ -176,63 +431,224 @@ impl Accumulate for SquaredDiffAcc {
 }
 
 impl Accumulate for AbsDiffAcc {
+    const SQRT: bool = false;
     #[inline(always)]
     unsafe fn step<T: Real, V: Lanes<T>>(acc: V, q: V, b: V) -> V {
         unsafe { V::add(acc, V::abs(V::sub(q, b))) }
     }
 }
 
-/// # Safety
-/// The CPU must support `V`'s ISA; `job` must be checked as in `score_panels`.
-#[inline(always)]
-unsafe fn run<T: Real, V: Lanes<T>, const MR: usize>(job: PanelJob<T>) {
-    unsafe {
-        match job.kind {
-            Accumulator::Dot => run_with::<T, V, DotAcc, MR>(job),
-            Accumulator::SquaredDiff => run_with::<T, V, SquaredDiffAcc, MR>(job),
-            Accumulator::AbsDiff => run_with::<T, V, AbsDiffAcc, MR>(job),
-        }
-    }
+/// Where a finished register tile goes (implemented by `Store` and `Select` only).
+trait Sink<T: Real> {
+    /// Packed query rows that are real (the rest of the last panel is padding).
+    fn rows(&self) -> usize;
+
+    /// The tile of packed query rows `q0..q0 + R` and database panel `s`, scores already
+    /// finished.
+    ///
+    /// # Safety
+    /// The CPU must support `V`'s ISA.
+    unsafe fn accept<V: Lanes<T>, const R: usize>(
+        &mut self,
+        q0: usize,
+        s: usize,
+        tile: &[[V; NV]; R],
+    );
 }
 
-/// # Safety
-/// As `run`.
-#[inline(always)]
-unsafe fn run_with<T: Real, V: Lanes<T>, A: Accumulate, const MR: usize>(job: PanelJob<T>) {
-    let nr = NV * V::W;
-    let d = job.d;
-    for p in 0..job.q_panels {
-        let q_panel = &job.q[p * MR * d..(p + 1) * MR * d];
-        for s in 0..job.db_panels {
-            let db_panel = &job.db[s * nr * d..(s + 1) * nr * d];
-            // SAFETY: forwarded from the caller.
-            let acc = unsafe { micro::<T, V, A, MR>(q_panel, db_panel) };
-            for (i, row) in acc.iter().enumerate() {
-                let at = (p * MR + i) * job.ld + s * nr;
-                for (v, &lanes) in row.iter().enumerate() {
-                    // SAFETY: as above; `store` writes W values of a slice at least W long.
-                    unsafe { lanes.store(&mut job.out[at + v * V::W..at + (v + 1) * V::W]) };
+impl<T: Real> Sink<T> for Store<'_, T> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    #[inline(always)]
+    unsafe fn accept<V: Lanes<T>, const R: usize>(
+        &mut self,
+        q0: usize,
+        s: usize,
+        tile: &[[V; NV]; R],
+    ) {
+        for (i, row) in tile.iter().enumerate() {
+            let q = q0 + i;
+            if q >= self.rows {
+                break;
+            }
+            for (v, &lanes) in row.iter().enumerate() {
+                let c = s * NV * V::W + v * V::W;
+                if c >= self.cols {
+                    break;
+                }
+                let at = q * self.ld + c;
+                if c + V::W <= self.cols {
+                    // SAFETY: forwarded; `store` writes W values of a slice at least W long.
+                    unsafe { lanes.store(&mut self.out[at..at + V::W]) };
+                } else {
+                    let mut buf = [T::ZERO; MAX_NR];
+                    // SAFETY: as above (W <= MAX_NR).
+                    unsafe { lanes.store(&mut buf) };
+                    let len = self.cols - c;
+                    self.out[at..at + len].copy_from_slice(&buf[..len]);
                 }
             }
         }
     }
 }
 
-/// One `MR x NR` register tile over all coordinates.
-///
+impl<T: Real, C: Candidates<T>> Sink<T> for Select<'_, C> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    #[inline(always)]
+    unsafe fn accept<V: Lanes<T>, const R: usize>(
+        &mut self,
+        q0: usize,
+        s: usize,
+        tile: &[[V; NV]; R],
+    ) {
+        let first = s * NV * V::W;
+        let valid = (self.cols - first).min(NV * V::W);
+        let valid_mask = if valid >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << valid) - 1
+        };
+        for (i, row) in tile.iter().enumerate() {
+            let q = q0 + i;
+            if q >= self.rows {
+                break;
+            }
+            let mask = match self.candidates.bar(q) {
+                None => valid_mask,
+                Some(bar) => {
+                    // SAFETY: forwarded.
+                    let bar = unsafe { V::splat(bar) };
+                    let mut mask = 0;
+                    for (v, &lanes) in row.iter().enumerate() {
+                        // SAFETY: forwarded.
+                        let pass = unsafe {
+                            if C::HIGHER {
+                                V::gt_mask(lanes, bar)
+                            } else {
+                                V::lt_mask(lanes, bar)
+                            }
+                        };
+                        mask |= pass << (v * V::W);
+                    }
+                    mask & valid_mask
+                }
+            };
+            if mask != 0 {
+                let mut buf = [T::ZERO; MAX_NR];
+                for (v, &lanes) in row.iter().enumerate() {
+                    // SAFETY: forwarded; NV * W <= MAX_NR.
+                    unsafe { lanes.store(&mut buf[v * V::W..(v + 1) * V::W]) };
+                }
+                self.candidates.offer(q, first, &buf[..NV * V::W], mask);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support `V`'s ISA; `job` must be checked as in `score_store`.
+#[inline(always)]
+unsafe fn run<T: Real, V: Lanes<T>, S: Sink<T>, const MR: usize>(job: PanelJob<T>, sink: S) {
+    unsafe {
+        match job.kind {
+            Accumulator::Dot => run_with::<T, V, DotAcc, S, MR>(job, sink),
+            Accumulator::SquaredDiff => run_with::<T, V, SquaredDiffAcc, S, MR>(job, sink),
+            Accumulator::AbsDiff => run_with::<T, V, AbsDiffAcc, S, MR>(job, sink),
+        }
+    }
+}
+
 /// # Safety
 /// As `run`.
 #[inline(always)]
-unsafe fn micro<T: Real, V: Lanes<T>, A: Accumulate, const MR: usize>(
+unsafe fn run_with<T: Real, V: Lanes<T>, A: Accumulate, S: Sink<T>, const MR: usize>(
+    job: PanelJob<T>,
+    mut sink: S,
+) {
+    for p in 0..job.q_panels {
+        // The last panel of a few queries gets a kernel of fewer rows (1 query: 1 row).
+        let used = sink.rows().saturating_sub(p * MR).min(MR);
+        // SAFETY: forwarded from the caller; every R is <= MR.
+        unsafe {
+            match used {
+                0 => {}
+                1 => panel::<T, V, A, S, MR, 1>(&job, p, &mut sink),
+                2 => panel::<T, V, A, S, MR, 2>(&job, p, &mut sink),
+                3 | 4 if MR >= 4 => panel::<T, V, A, S, MR, 4>(&job, p, &mut sink),
+                _ => panel::<T, V, A, S, MR, MR>(&job, p, &mut sink),
+            }
+        }
+    }
+}
+
+/// Query panel `p` (its first `R` rows) against every database panel.
+///
+/// # Safety
+/// As `run`; `R <= MR`.
+#[inline(always)]
+unsafe fn panel<
+    T: Real,
+    V: Lanes<T>,
+    A: Accumulate,
+    S: Sink<T>,
+    const MR: usize,
+    const R: usize,
+>(
+    job: &PanelJob<T>,
+    p: usize,
+    sink: &mut S,
+) {
+    let nr = NV * V::W;
+    let d = job.d;
+    let q_panel = &job.q[p * MR * d..(p + 1) * MR * d];
+    for s in 0..job.db_panels {
+        let db_panel = &job.db[s * nr * d..(s + 1) * nr * d];
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let mut acc = micro::<T, V, A, MR, R>(q_panel, db_panel);
+            if A::SQRT {
+                for row in acc.iter_mut() {
+                    for lanes in row.iter_mut() {
+                        *lanes = V::sqrt(*lanes);
+                    }
+                }
+            }
+            if let Some(scale) = job.scale {
+                let scale: [V; NV] =
+                    array::from_fn(|v| V::load(&scale[s * nr + v * V::W..s * nr + (v + 1) * V::W]));
+                for row in acc.iter_mut() {
+                    for (lanes, &f) in row.iter_mut().zip(&scale) {
+                        *lanes = V::mul(*lanes, f);
+                    }
+                }
+            }
+            sink.accept::<V, R>(p * MR, s, &acc);
+        }
+    }
+}
+
+/// One `R x NR` register tile over all coordinates, from the first `R` rows of an `MR`-row
+/// query panel.
+///
+/// # Safety
+/// As `run`; `R <= MR`.
+#[inline(always)]
+unsafe fn micro<T: Real, V: Lanes<T>, A: Accumulate, const MR: usize, const R: usize>(
     q_panel: &[T],
     db_panel: &[T],
-) -> [[V; NV]; MR] {
+) -> [[V; NV]; R] {
+    debug_assert!(R <= MR);
     let nr = NV * V::W;
     unsafe {
-        let mut acc = [[V::zero(); NV]; MR];
+        let mut acc = [[V::zero(); NV]; R];
         for (q, b) in q_panel.chunks_exact(MR).zip(db_panel.chunks_exact(nr)) {
             let b: [V; NV] = array::from_fn(|v| V::load(&b[v * V::W..(v + 1) * V::W]));
-            for i in 0..MR {
+            for i in 0..R {
                 let qi = V::splat(q[i]);
                 for v in 0..NV {
                     acc[i][v] = A::step::<T, V>(acc[i][v], qi, b[v]);
@@ -243,9 +659,274 @@ unsafe fn micro<T: Real, V: Lanes<T>, A: Accumulate, const MR: usize>(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The row-streaming kernel (few queries)
+// ---------------------------------------------------------------------------------------------
+
+const AVX512_ROWS: usize = 16;
+const AVX2_ROWS: usize = 8;
+const PORTABLE_ROWS: usize = 4;
+
+/// `(W, G)` of the row-streaming kernel for `isa`: queries per query panel (one vector of
+/// lanes) and database rows per register group.
+pub fn rows_shape<T: Real>(isa: Isa) -> (usize, usize) {
+    let (g, vector_bytes) = match effective(isa) {
+        Isa::Avx512 => (AVX512_ROWS, 64),
+        Isa::Avx2 => (AVX2_ROWS, 32),
+        Isa::Portable => (PORTABLE_ROWS, 16),
+    };
+    (vector_bytes / T::BYTES, g)
+}
+
+/// A few query panels against database rows read where they lie (no packing): for every
+/// coordinate the kernel loads one vector of `W` queries' values and multiplies it by each of
+/// `G` database values broadcast straight from the rows, into `G` vectors of scores. Each score
+/// is the same sequential accumulation over the coordinates as in the panel kernel, so both
+/// kernels give the same bits for a pair.
+#[derive(Clone, Copy)]
+pub struct RowJob<'a, T> {
+    pub kind: Accumulator,
+    /// `q_panels` panels of `W` query lanes x `d` coordinates, laid out `[panel][coordinate][lane]`.
+    pub q: &'a [T],
+    pub q_panels: usize,
+    /// `n` database rows of `d` values, row-major.
+    pub db: &'a [T],
+    pub n: usize,
+    pub d: usize,
+    /// As `PanelJob::scale`, one per database row.
+    pub scale: Option<&'a [T]>,
+    /// Memory to pull into the L2 cache meanwhile (the next job's rows), spread over the run,
+    /// so that reading it overlaps with this job's arithmetic.
+    pub prefetch: &'a [T],
+}
+
+/// Scores the first `queries` packed queries of `job` against all its rows into `candidates`
+/// (`offer_row`), rows in ascending order.
+pub fn score_rows<T: Real, C: Candidates<T>>(
+    isa: Isa,
+    job: RowJob<T>,
+    candidates: &mut C,
+    queries: usize,
+) {
+    let (w, _) = rows_shape::<T>(isa);
+    assert_eq!(job.q.len(), job.q_panels * w * job.d, "packed queries");
+    assert_eq!(job.db.len(), job.n * job.d, "database rows");
+    assert!(queries <= job.q_panels * w);
+    if let Some(scale) = job.scale {
+        assert_eq!(scale.len(), job.n, "one scale per database row");
+    }
+    match effective(isa) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `effective` returned Avx512 only because this CPU has avx512f and fma.
+        Isa::Avx512 => unsafe { x86::avx512_rows(job, candidates, queries) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `effective` returned Avx2 only because this CPU has avx2 and fma.
+        Isa::Avx2 => unsafe { x86::avx2_rows(job, candidates, queries) },
+        // SAFETY: portable lanes use no instructions beyond the target's baseline.
+        _ => unsafe { run_rows::<T, T::PortableLanes, C, PORTABLE_ROWS>(job, candidates, queries) },
+    }
+}
+
+/// A hint to bring the cache line at `p` into L2 (never faults; a no-op off x86-64).
+#[inline(always)]
+fn prefetch_l2<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// # Safety
+/// The CPU must support `V`'s ISA; `job` checked as in `score_rows`.
+#[inline(always)]
+unsafe fn run_rows<T: Real, V: Lanes<T>, C: Candidates<T>, const G: usize>(
+    job: RowJob<T>,
+    candidates: &mut C,
+    queries: usize,
+) {
+    unsafe {
+        match job.kind {
+            Accumulator::Dot => run_rows_with::<T, V, DotAcc, C, G>(job, candidates, queries),
+            Accumulator::SquaredDiff => {
+                run_rows_with::<T, V, SquaredDiffAcc, C, G>(job, candidates, queries)
+            }
+            Accumulator::AbsDiff => {
+                run_rows_with::<T, V, AbsDiffAcc, C, G>(job, candidates, queries)
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As `run_rows`.
+#[inline(always)]
+unsafe fn run_rows_with<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, const G: usize>(
+    job: RowJob<T>,
+    candidates: &mut C,
+    queries: usize,
+) {
+    let (w, d) = (V::W, job.d);
+    let groups = job.n.div_ceil(G);
+    // Group g pulls in the same rows of the next block: G rows, spread over its d steps.
+    let pf_end = job.prefetch.as_ptr_range().end;
+    for g in 0..groups {
+        let r0 = g * G;
+        let rows = (job.n - r0).min(G);
+        let pf = Prefetch {
+            at: job.prefetch.as_ptr().wrapping_add(r0 * d),
+            end: pf_end,
+        };
+        for p in 0..job.q_panels {
+            let first = p * w;
+            if first >= queries {
+                break;
+            }
+            let q_panel = &job.q[p * w * d..(p + 1) * w * d];
+            let pf = if p == 0 { pf } else { Prefetch::NONE };
+            // SAFETY: forwarded; the row slices hold `R * d` values.
+            unsafe {
+                if rows == G {
+                    let rows = &job.db[r0 * d..(r0 + G) * d];
+                    let acc = micro_rows::<T, V, A, G>(q_panel, rows, d, pf);
+                    emit_rows::<T, V, A, C, G>(&job, candidates, queries, first, r0, acc);
+                } else {
+                    for r in r0..r0 + rows {
+                        let row = &job.db[r * d..(r + 1) * d];
+                        let acc = micro_rows::<T, V, A, 1>(q_panel, row, d, Prefetch::NONE);
+                        emit_rows::<T, V, A, C, 1>(&job, candidates, queries, first, r, acc);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Memory `micro_rows` pulls toward L2 while it runs: `R` rows of `d` values from `at` (not
+/// past `end`), one slice of `R` values per coordinate step.
+#[derive(Clone, Copy)]
+struct Prefetch<T> {
+    at: *const T,
+    end: *const T,
+}
+
+impl<T> Prefetch<T> {
+    const NONE: Self = Prefetch {
+        at: std::ptr::null(),
+        end: std::ptr::null(),
+    };
+}
+
+/// `R` database rows (row-major, `R * d` values) against one panel of `W` queries.
+///
+/// # Safety
+/// As `run_rows`; `rows.len() == R * d`, `q_panel.len() == W * d`.
+#[inline(always)]
+unsafe fn micro_rows<T: Real, V: Lanes<T>, A: Accumulate, const R: usize>(
+    q_panel: &[T],
+    rows: &[T],
+    d: usize,
+    pf: Prefetch<T>,
+) -> [V; R] {
+    assert!(rows.len() == R * d && q_panel.len() == V::W * d);
+    let base = rows.as_ptr();
+    // R values per step cover the R rows' R * d values in d steps; a line at a time.
+    let step_bytes = R * std::mem::size_of::<T>();
+    let pf_lines = if (pf.at as usize) < (pf.end as usize) {
+        step_bytes.div_ceil(64)
+    } else {
+        0
+    };
+    let (pf_at, pf_end) = (pf.at.cast::<u8>(), pf.end as usize);
+    unsafe {
+        let mut acc = [V::zero(); R];
+        for (k, q) in q_panel.chunks_exact(V::W).enumerate() {
+            for line in 0..pf_lines {
+                let p = pf_at.wrapping_add(k * step_bytes + line * 64);
+                if (p as usize) < pf_end {
+                    prefetch_l2(p);
+                }
+            }
+            let q = V::load(q);
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: r < R and k < d, so r * d + k is inside `rows` (checked above).
+                let b = V::splat(*base.add(r * d + k));
+                *a = A::step::<T, V>(*a, q, b);
+            }
+        }
+        acc
+    }
+}
+
+/// Finishes the scores of database rows `r0..r0 + R` against the query panel starting at
+/// packed query `first`, and offers those that beat their query's bar.
+///
+/// # Safety
+/// As `run_rows`.
+#[inline(always)]
+unsafe fn emit_rows<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, const R: usize>(
+    job: &RowJob<T>,
+    candidates: &mut C,
+    queries: usize,
+    first: usize,
+    r0: usize,
+    acc: [V; R],
+) {
+    let valid = (queries - first).min(V::W);
+    let valid_mask = if valid >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << valid) - 1
+    };
+    // Each query's bar as one lane; queries still taking everything are `open`.
+    let bars = |candidates: &C| {
+        let mut bar = [T::NAN; MAX_NR];
+        let mut open = 0u64;
+        for (l, b) in bar.iter_mut().enumerate().take(valid) {
+            match candidates.bar(first + l) {
+                Some(v) => *b = v,
+                None => open |= 1 << l,
+            }
+        }
+        // SAFETY: forwarded.
+        (unsafe { V::load(&bar) }, open)
+    };
+    let (mut bar, mut open) = bars(candidates);
+    for (i, &a) in acc.iter().enumerate() {
+        // SAFETY: forwarded.
+        unsafe {
+            let mut s = a;
+            if A::SQRT {
+                s = V::sqrt(s);
+            }
+            if let Some(scale) = job.scale {
+                s = V::mul(s, V::splat(scale[r0 + i]));
+            }
+            let pass = if C::HIGHER {
+                V::gt_mask(s, bar)
+            } else {
+                V::lt_mask(s, bar)
+            };
+            let mask = (pass | open) & valid_mask;
+            if mask != 0 {
+                let mut buf = [T::ZERO; MAX_NR];
+                s.store(&mut buf);
+                candidates.offer_row(first, r0 + i, &buf[..V::W], mask);
+                (bar, open) = bars(candidates);
+            }
+        }
+    }
+}
+
 /// `W` values in a plain array: the fallback for CPUs without the x86 kernels.
 #[derive(Clone, Copy)]
 pub struct Portable<T, const W: usize>([T; W]);
+
+fn bits<const W: usize>(f: impl Fn(usize) -> bool) -> u64 {
+    (0..W).fold(0, |m, l| m | ((f(l) as u64) << l))
+}
 
 // SAFETY: plain Rust arithmetic, no target features.
 unsafe impl<T: Real, const W: usize> Lanes<T> for Portable<T, W> {
@@ -286,8 +967,24 @@ unsafe impl<T: Real, const W: usize> Lanes<T> for Portable<T, W> {
         Portable(array::from_fn(|l| a.0[l] - b.0[l]))
     }
     #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        Portable(array::from_fn(|l| a.0[l] * b.0[l]))
+    }
+    #[inline(always)]
     unsafe fn abs(a: Self) -> Self {
         Portable(array::from_fn(|l| a.0[l].abs()))
+    }
+    #[inline(always)]
+    unsafe fn sqrt(a: Self) -> Self {
+        Portable(array::from_fn(|l| a.0[l].sqrt()))
+    }
+    #[inline(always)]
+    unsafe fn gt_mask(a: Self, b: Self) -> u64 {
+        bits::<W>(|l| a.0[l] > b.0[l])
+    }
+    #[inline(always)]
+    unsafe fn lt_mask(a: Self, b: Self) -> u64 {
+        bits::<W>(|l| a.0[l] < b.0[l])
     }
 }
 
@@ -298,30 +995,339 @@ pub use x86::{F32x16, F32x8, F64x4, F64x8};
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{run, Lanes, PanelJob, Real, AVX2_MR, AVX512_MR};
+    use super::{
+        reduce_accs, run, run_rows, Candidates, Lanes, PanelJob, Real, RowJob, RowSum, Sink,
+        AVX2_MR, AVX2_ROWS, AVX512_MR, AVX512_ROWS, ROW_ACCS,
+    };
 
     /// # Safety
-    /// The CPU must have avx512f and fma; `job` checked as in `score_panels`.
+    /// The CPU must have avx512f and fma; `job` checked as in `score_store`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn avx512<T: Real>(job: PanelJob<T>) {
-        unsafe { run::<T, T::Avx512Lanes, AVX512_MR>(job) }
+    pub(super) unsafe fn avx512<T: Real, S: Sink<T>>(job: PanelJob<T>, sink: S) {
+        unsafe { run::<T, T::Avx512Lanes, S, AVX512_MR>(job, sink) }
     }
 
     /// # Safety
-    /// The CPU must have avx2 and fma; `job` checked as in `score_panels`.
+    /// The CPU must have avx2 and fma; `job` checked as in `score_store`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2<T: Real>(job: PanelJob<T>) {
-        unsafe { run::<T, T::Avx2Lanes, AVX2_MR>(job) }
+    pub(super) unsafe fn avx2<T: Real, S: Sink<T>>(job: PanelJob<T>, sink: S) {
+        unsafe { run::<T, T::Avx2Lanes, S, AVX2_MR>(job, sink) }
+    }
+
+    /// # Safety
+    /// The CPU must have avx512f and fma; `job` checked as in `score_rows`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn avx512_rows<T: Real, C: Candidates<T>>(
+        job: RowJob<T>,
+        candidates: &mut C,
+        queries: usize,
+    ) {
+        unsafe { run_rows::<T, T::Avx512Lanes, C, AVX512_ROWS>(job, candidates, queries) }
+    }
+
+    /// # Safety
+    /// The CPU must have avx2 and fma; `job` checked as in `score_rows`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_rows<T: Real, C: Candidates<T>>(
+        job: RowJob<T>,
+        candidates: &mut C,
+        queries: usize,
+    ) {
+        unsafe { run_rows::<T, T::Avx2Lanes, C, AVX2_ROWS>(job, candidates, queries) }
+    }
+
+    /// # Safety
+    /// The CPU must have avx512f and fma.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn call_avx512<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// # Safety
+    /// The CPU must have avx2 and fma.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn call_avx2<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// `pack_rows` for f32 panels of 32 rows: 16 rows x 16 coordinates at a time are loaded
+    /// (masked at the row's end), scaled, transposed in registers and stored as 16 coordinate
+    /// vectors.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f; `data.len() == n * d`, `out.len() == ceil(n / 32) * 32 * d`,
+    /// `scale` (when given) holds `n` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack32_f32(
+        data: &[f32],
+        n: usize,
+        d: usize,
+        scale: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        let panels = n.div_ceil(32);
+        let (src, dst) = (data.as_ptr(), out.as_mut_ptr());
+        for p in 0..panels {
+            for half in 0..2 {
+                let r0 = p * 32 + half * 16;
+                let rows = n.saturating_sub(r0).min(16);
+                let mut sc = [0.0f32; 16];
+                if let (Some(s), true) = (scale, rows > 0) {
+                    sc[..rows].copy_from_slice(&s[r0..r0 + rows]);
+                }
+                // SAFETY: rows r0..r0 + rows exist; every store lands in panel p's d x 32
+                // values (coordinates c..c + width, lanes half * 16..half * 16 + 16).
+                unsafe {
+                    let row = |l: usize| src.add((r0 + l.min(rows.max(1) - 1)) * d);
+                    let out = dst.add(p * d * 32 + half * 16);
+                    let mut c = 0;
+                    while c < d {
+                        let width = (d - c).min(16);
+                        let mask: __mmask16 = if width == 16 {
+                            0xFFFF
+                        } else {
+                            (1u16 << width) - 1
+                        };
+                        let mut r = [_mm512_setzero_ps(); 16];
+                        if rows == 16 && width == 16 {
+                            for (l, reg) in r.iter_mut().enumerate() {
+                                // A few cache lines ahead on each of the 16 rows: 16
+                                // interleaved streams are more than hardware prefetchers follow.
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    row(l).wrapping_add(c + PREFETCH).cast(),
+                                );
+                                *reg = _mm512_loadu_ps(row(l).add(c));
+                            }
+                        } else {
+                            for (l, reg) in r.iter_mut().enumerate() {
+                                if l < rows {
+                                    *reg = _mm512_maskz_loadu_ps(mask, row(l).add(c));
+                                }
+                            }
+                        }
+                        if scale.is_some() {
+                            for (reg, &f) in r.iter_mut().zip(&sc) {
+                                *reg = _mm512_mul_ps(*reg, _mm512_set1_ps(f));
+                            }
+                        }
+                        transpose16(&mut r);
+                        if width == 16 {
+                            for (t, reg) in r.iter().enumerate() {
+                                _mm512_storeu_ps(out.add((c + t) * 32), *reg);
+                            }
+                        } else {
+                            for (t, reg) in r.iter().enumerate().take(width) {
+                                _mm512_storeu_ps(out.add((c + t) * 32), *reg);
+                            }
+                        }
+                        c += 16;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row sums in f64 with AVX-512: 4 accumulators of 8 lanes, element `i` into lane
+    /// `i % 32`; the last partial block is zero-padded (adding 0 leaves a sum of non-negative
+    /// terms unchanged).
+    macro_rules! row_sum_x86 {
+        ($name:ident, $feat:literal, $t:ty, $acc:ty, $per:expr, $zero:ident, $load:expr,
+         $fmadd:ident, $add:ident, $abs:expr, $store:ident) => {
+            /// Row sums of `out.len()` rows of `d` values, four rows at a time (independent
+            /// chains); each row's arithmetic is that of the one-row loop.
+            ///
+            /// # Safety
+            /// The CPU must have the features this function is compiled for;
+            /// `data.len() == out.len() * d`.
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn $name(data: &[$t], d: usize, sum: RowSum, out: &mut [f64]) {
+                assert_eq!(data.len(), out.len() * d);
+                unsafe {
+                    match sum {
+                        RowSum::Squares => go::<true>(data, d, out),
+                        RowSum::Abs => go::<false>(data, d, out),
+                    }
+                }
+
+                const ACCS: usize = ROW_ACCS / $per;
+
+                #[inline(always)]
+                unsafe fn step<const SQ: bool>(a: $acc, p: *const $t) -> $acc {
+                    unsafe {
+                        let x: $acc = $load(p);
+                        if SQ {
+                            $fmadd(x, x, a)
+                        } else {
+                            $add(a, $abs(x))
+                        }
+                    }
+                }
+
+                /// Adds the zero-padded last partial block and reduces.
+                #[inline(always)]
+                unsafe fn finish<const SQ: bool>(acc: &mut [$acc; ACCS], rest: &[$t]) -> f64 {
+                    unsafe {
+                        if !rest.is_empty() {
+                            let mut padded = [0.0 as $t; ROW_ACCS];
+                            padded[..rest.len()].copy_from_slice(rest);
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                *a = step::<SQ>(*a, padded.as_ptr().add(j * $per));
+                            }
+                        }
+                        let mut lanes = [0.0f64; ROW_ACCS];
+                        for (j, a) in acc.iter().enumerate() {
+                            $store(lanes.as_mut_ptr().add(j * $per), *a);
+                        }
+                        reduce_accs(&lanes)
+                    }
+                }
+
+                #[inline(always)]
+                unsafe fn go<const SQ: bool>(data: &[$t], d: usize, out: &mut [f64]) {
+                    const R: usize = 4;
+                    let full = d / ROW_ACCS * ROW_ACCS;
+                    let n = out.len();
+                    let mut r = 0;
+                    // SAFETY (all pointer reads): rows r..r + R exist and b + ROW_ACCS <= full <= d.
+                    unsafe {
+                        while r + R <= n {
+                            let base = data.as_ptr().add(r * d);
+                            let mut acc = [[$zero(); ACCS]; R];
+                            let mut b = 0;
+                            while b < full {
+                                for (i, acc) in acc.iter_mut().enumerate() {
+                                    for (j, a) in acc.iter_mut().enumerate() {
+                                        *a = step::<SQ>(*a, base.add(i * d + b + j * $per));
+                                    }
+                                }
+                                b += ROW_ACCS;
+                            }
+                            for (i, acc) in acc.iter_mut().enumerate() {
+                                let rest = &data[(r + i) * d + full..(r + i + 1) * d];
+                                out[r + i] = finish::<SQ>(acc, rest);
+                            }
+                            r += R;
+                        }
+                        while r < n {
+                            let base = data.as_ptr().add(r * d);
+                            let mut acc = [$zero(); ACCS];
+                            let mut b = 0;
+                            while b < full {
+                                for (j, a) in acc.iter_mut().enumerate() {
+                                    *a = step::<SQ>(*a, base.add(b + j * $per));
+                                }
+                                b += ROW_ACCS;
+                            }
+                            out[r] = finish::<SQ>(&mut acc, &data[r * d + full..(r + 1) * d]);
+                            r += 1;
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    row_sum_x86!(
+        row_sum_avx512_f32,
+        "avx512f,avx2,fma",
+        f32,
+        __m512d,
+        8,
+        _mm512_setzero_pd,
+        |p: *const f32| _mm512_cvtps_pd(_mm256_loadu_ps(p)),
+        _mm512_fmadd_pd,
+        _mm512_add_pd,
+        |x| _mm512_abs_pd(x),
+        _mm512_storeu_pd
+    );
+    row_sum_x86!(
+        row_sum_avx512_f64,
+        "avx512f,avx2,fma",
+        f64,
+        __m512d,
+        8,
+        _mm512_setzero_pd,
+        |p: *const f64| _mm512_loadu_pd(p),
+        _mm512_fmadd_pd,
+        _mm512_add_pd,
+        |x| _mm512_abs_pd(x),
+        _mm512_storeu_pd
+    );
+    row_sum_x86!(
+        row_sum_avx2_f32,
+        "avx2,fma",
+        f32,
+        __m256d,
+        4,
+        _mm256_setzero_pd,
+        |p: *const f32| _mm256_cvtps_pd(_mm_loadu_ps(p)),
+        _mm256_fmadd_pd,
+        _mm256_add_pd,
+        |x| _mm256_andnot_pd(_mm256_set1_pd(-0.0), x),
+        _mm256_storeu_pd
+    );
+    row_sum_x86!(
+        row_sum_avx2_f64,
+        "avx2,fma",
+        f64,
+        __m256d,
+        4,
+        _mm256_setzero_pd,
+        |p: *const f64| _mm256_loadu_pd(p),
+        _mm256_fmadd_pd,
+        _mm256_add_pd,
+        |x| _mm256_andnot_pd(_mm256_set1_pd(-0.0), x),
+        _mm256_storeu_pd
+    );
+
+    /// How far ahead (in f32 values) `pack32_f32` prefetches each row.
+    const PREFETCH: usize = 128;
+
+    /// Transposes 16 rows of 16 f32 in place (row `i` becomes column `i`).
+    #[inline(always)]
+    fn transpose16(r: &mut [__m512; 16]) {
+        // SAFETY: register-only shuffles; callers are avx512f functions.
+        unsafe {
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4g + j]: column j, j + 4, j + 8, j + 12 (one per 128-bit lane) of rows 4g..4g+4.
+            let mut u = [_mm512_setzero_ps(); 16];
+            for g in 0..4 {
+                let (a, b, c, e) = (t[4 * g], t[4 * g + 2], t[4 * g + 1], t[4 * g + 3]);
+                u[4 * g] = _mm512_shuffle_ps::<0x44>(a, b);
+                u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(a, b);
+                u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(c, e);
+                u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(c, e);
+            }
+            // v[j] (j < 4): columns j, j + 8 of rows 0..8; v[4 + j]: columns j + 4, j + 12;
+            // v[8 + ...]: the same for rows 8..16.
+            let mut v = [_mm512_setzero_ps(); 16];
+            for h in 0..2 {
+                for j in 0..4 {
+                    let (a, b) = (u[8 * h + j], u[8 * h + 4 + j]);
+                    v[8 * h + j] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                    v[8 * h + 4 + j] = _mm512_shuffle_f32x4::<0xDD>(a, b);
+                }
+            }
+            for j in 0..8 {
+                r[j] = _mm512_shuffle_f32x4::<0x88>(v[j], v[8 + j]);
+                r[j + 8] = _mm512_shuffle_f32x4::<0xDD>(v[j], v[8 + j]);
+            }
+        }
     }
 
     macro_rules! x86_lanes {
         ($name:ident, $t:ty, $v:ty, $w:expr, $zero:ident, $set1:ident, $loadu:ident, $storeu:ident,
-         $fmadd:ident, $add:ident, $sub:ident, |$x:ident| $abs:expr) => {
+         $fmadd:ident, $add:ident, $sub:ident, $mul:ident, $sqrt:ident, |$x:ident| $abs:expr,
+         |$a:ident, $b:ident| $gt:expr, |$c:ident, $e:ident| $lt:expr) => {
             #[derive(Clone, Copy)]
             pub struct $name($v);
 
             // SAFETY: every method uses only the instructions of the ISA this type is named for;
-            // `score_panels` reaches it only after detecting that ISA.
+            // the kernel entry points reach it only after detecting that ISA.
             unsafe impl Lanes<$t> for $name {
                 const W: usize = $w;
                 #[inline(always)]
@@ -357,9 +1363,27 @@ mod x86 {
                     unsafe { $name($sub(a.0, b.0)) }
                 }
                 #[inline(always)]
+                unsafe fn mul(a: Self, b: Self) -> Self {
+                    unsafe { $name($mul(a.0, b.0)) }
+                }
+                #[inline(always)]
                 unsafe fn abs(a: Self) -> Self {
                     let $x = a.0;
                     unsafe { $name($abs) }
+                }
+                #[inline(always)]
+                unsafe fn sqrt(a: Self) -> Self {
+                    unsafe { $name($sqrt(a.0)) }
+                }
+                #[inline(always)]
+                unsafe fn gt_mask(a: Self, b: Self) -> u64 {
+                    let ($a, $b) = (a.0, b.0);
+                    unsafe { $gt as u64 }
+                }
+                #[inline(always)]
+                unsafe fn lt_mask(a: Self, b: Self) -> u64 {
+                    let ($c, $e) = (a.0, b.0);
+                    unsafe { $lt as u64 }
                 }
             }
         };
@@ -377,7 +1401,11 @@ mod x86 {
         _mm512_fmadd_ps,
         _mm512_add_ps,
         _mm512_sub_ps,
-        |x| _mm512_abs_ps(x)
+        _mm512_mul_ps,
+        _mm512_sqrt_ps,
+        |x| _mm512_abs_ps(x),
+        |a, b| _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b),
+        |a, b| _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b)
     );
     x86_lanes!(
         F64x8,
@@ -391,7 +1419,11 @@ mod x86 {
         _mm512_fmadd_pd,
         _mm512_add_pd,
         _mm512_sub_pd,
-        |x| _mm512_abs_pd(x)
+        _mm512_mul_pd,
+        _mm512_sqrt_pd,
+        |x| _mm512_abs_pd(x),
+        |a, b| _mm512_cmp_pd_mask::<_CMP_GT_OQ>(a, b),
+        |a, b| _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b)
     );
     x86_lanes!(
         F32x8,
@@ -405,7 +1437,11 @@ mod x86 {
         _mm256_fmadd_ps,
         _mm256_add_ps,
         _mm256_sub_ps,
-        |x| _mm256_andnot_ps(_mm256_set1_ps(-0.0), x)
+        _mm256_mul_ps,
+        _mm256_sqrt_ps,
+        |x| _mm256_andnot_ps(_mm256_set1_ps(-0.0), x),
+        |a, b| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(a, b)) as u32,
+        |a, b| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) as u32
     );
     x86_lanes!(
         F64x4,
@@ -419,7 +1455,11 @@ mod x86 {
         _mm256_fmadd_pd,
         _mm256_add_pd,
         _mm256_sub_pd,
-        |x| _mm256_andnot_pd(_mm256_set1_pd(-0.0), x)
+        _mm256_mul_pd,
+        _mm256_sqrt_pd,
+        |x| _mm256_andnot_pd(_mm256_set1_pd(-0.0), x),
+        |a, b| _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(a, b)) as u32,
+        |a, b| _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LT_OQ>(a, b)) as u32
     );
 }
 
@@ -439,6 +1479,92 @@ mod tests {
             let (mr32, nr32) = panel_shape::<f32>(isa);
             let (mr64, nr64) = panel_shape::<f64>(isa);
             assert_eq!((mr32, nr32), (mr64, 2 * nr64), "{isa:?}");
+            assert!(nr32 <= MAX_NR);
+        }
+    }
+
+    /// Every ISA's packing (the AVX-512 transposes included) matches the plain loop, for ragged
+    /// row counts and widths, with and without scaling.
+    #[test]
+    fn packing_matches_the_plain_loop() {
+        for isa in available() {
+            for &(n, d) in &[
+                (1usize, 1usize),
+                (3, 5),
+                (16, 16),
+                (31, 17),
+                (33, 40),
+                (70, 100),
+                (5, 0),
+            ] {
+                let data: Vec<f32> = (0..n * d).map(|x| x as f32 * 0.5 - 7.0).collect();
+                let scale: Vec<f32> = (0..n).map(|r| 1.0 + r as f32).collect();
+                for panel in [4, 8, 16, 32] {
+                    for s in [None, Some(&scale[..])] {
+                        let len = n.div_ceil(panel) * panel * d;
+                        let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                        pack_rows(isa, &data, n, d, s, panel, &mut got);
+                        pack_rows_portable(&data, n, d, s, panel, &mut want);
+                        assert_eq!(
+                            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "{isa:?} n={n} d={d} panel={panel}"
+                        );
+                        for p in 0..n.div_ceil(panel) {
+                            for lane in 0..panel {
+                                for k in 0..d {
+                                    let r = p * panel + lane;
+                                    let x = if r < n {
+                                        data[r * d + k] * s.map_or(1.0, |s| s[r])
+                                    } else {
+                                        0.0
+                                    };
+                                    assert_eq!(want[(p * d + k) * panel + lane], x);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every ISA's row sums agree with the plain loop (FMA or not: within an ulp or two) and
+    /// the FMA ISAs agree with each other bit for bit.
+    #[test]
+    fn row_sums_match_across_isas() {
+        for d in [0usize, 1, 7, 31, 32, 33, 100, 384, 1537] {
+            let row: Vec<f32> = (0..d)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let wide: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+            let want_sq: f64 = wide.iter().map(|x| x * x).sum();
+            let want_abs: f64 = wide.iter().map(|x| x.abs()).sum();
+            let mut fma_results = Vec::new();
+            for isa in available() {
+                let mut sums = Vec::new();
+                for (sum, want) in [(RowSum::Squares, want_sq), (RowSum::Abs, want_abs)] {
+                    let (a, b) = (row_sum(isa, &row, sum), row_sum(isa, &wide, sum));
+                    assert!((a - want).abs() <= 1e-13 * want.max(1.0), "{isa:?} {d}");
+                    assert_eq!(a, b, "f32 and f64 rows of the same values, {isa:?} {d}");
+                    sums.push(a);
+                }
+                if isa != Isa::Portable {
+                    fma_results.push(sums);
+                }
+            }
+            assert!(fma_results.windows(2).all(|w| w[0] == w[1]), "{d}");
+            // Many rows at once give each row's own sum.
+            let rows: Vec<f32> = (0..7)
+                .flat_map(|r| row.iter().map(move |x| x * r as f32))
+                .collect();
+            for isa in available() {
+                let mut out = vec![0.0; 7];
+                row_sums(isa, &rows, d, RowSum::Squares, &mut out);
+                for (r, &o) in out.iter().enumerate() {
+                    assert_eq!(o, row_sum(isa, &rows[r * d..(r + 1) * d], RowSum::Squares));
+                }
+            }
         }
     }
 
@@ -459,29 +1585,185 @@ mod tests {
                     j + 2.0 * (j - 1.0) + 3.0 * (j - 2.0)
                 }),
                 (Accumulator::SquaredDiff, |j: f64| {
-                    (j - 1.0).powi(2) + (j - 3.0).powi(2) + (j - 5.0).powi(2)
+                    ((j - 1.0).powi(2) + (j - 3.0).powi(2) + (j - 5.0).powi(2)).sqrt()
                 }),
                 (Accumulator::AbsDiff, |j: f64| {
                     (j - 1.0).abs() + (j - 3.0).abs() + (j - 5.0).abs()
                 }),
             ];
             for (kind, want) in cases {
-                let mut out = vec![f64::NAN; mr * nr];
-                score_panels(
-                    isa,
-                    PanelJob {
-                        kind,
-                        q: &q,
-                        q_panels: 1,
-                        db: &db,
-                        db_panels: 1,
-                        d,
-                        out: &mut out,
-                        ld: nr,
-                    },
-                );
-                for (j, &score) in out[..nr].iter().enumerate() {
+                let job = PanelJob {
+                    kind,
+                    q: &q,
+                    q_panels: 1,
+                    db: &db,
+                    db_panels: 1,
+                    d,
+                    scale: None,
+                };
+                // Only row 0 and the first nr - 1 columns are kept; the rest stays NaN.
+                let mut out = vec![f64::NAN; 2 * nr];
+                let sink = Store {
+                    out: &mut out,
+                    ld: nr,
+                    rows: 1,
+                    cols: nr - 1,
+                };
+                score_store(isa, job, sink);
+                for (j, &score) in out[..nr - 1].iter().enumerate() {
                     assert_eq!(score, want(j as f64), "{isa:?} {kind:?} {j}");
+                }
+                assert!(out[nr - 1..].iter().all(|s| s.is_nan()));
+            }
+        }
+    }
+
+    /// The selecting sink hands over exactly the scores that beat each row's bar.
+    #[test]
+    fn select_passes_only_scores_beating_the_bar() {
+        struct Log {
+            bars: Vec<Option<f32>>,
+            seen: Vec<(usize, usize, f32)>,
+        }
+        impl Candidates<f32> for Log {
+            const HIGHER: bool = true;
+            fn bar(&self, q: usize) -> Option<f32> {
+                self.bars[q]
+            }
+            fn offer(&mut self, q: usize, first: usize, scores: &[f32], mask: u64) {
+                for (j, &s) in scores.iter().enumerate() {
+                    if mask >> j & 1 == 1 {
+                        self.seen.push((q, first + j, s));
+                    }
+                }
+            }
+            fn offer_row(&mut self, first: usize, row: usize, scores: &[f32], mask: u64) {
+                for (l, &s) in scores.iter().enumerate() {
+                    if mask >> l & 1 == 1 {
+                        self.seen.push((first + l, row, s));
+                    }
+                }
+            }
+        }
+        for isa in available() {
+            let (mr, nr) = panel_shape::<f32>(isa);
+            let d = 1;
+            let mut q = vec![0.0f32; mr];
+            q[0] = 1.0;
+            q[1] = -1.0;
+            let n = nr + 3;
+            let db: Vec<f32> = (0..n).map(|j| j as f32).collect();
+            let mut packed = vec![0.0f32; n.div_ceil(nr) * nr];
+            pack_rows(isa, &db, n, d, None, nr, &mut packed);
+            let mut log = Log {
+                bars: vec![Some(5.5), None, Some(0.0)],
+                seen: Vec::new(),
+            };
+            let job = PanelJob {
+                kind: Accumulator::Dot,
+                q: &q,
+                q_panels: 1,
+                db: &packed,
+                db_panels: 2,
+                d,
+                scale: None,
+            };
+            let sink = Select {
+                candidates: &mut log,
+                rows: 2,
+                cols: n,
+            };
+            score_select(isa, job, sink);
+            let mut want: Vec<(usize, usize, f32)> = (6..n).map(|j| (0, j, j as f32)).collect();
+            want.extend((0..n).map(|j| (1, j, -(j as f32))));
+            log.seen.sort_by_key(|a| (a.0, a.1));
+            assert_eq!(log.seen, want, "{isa:?}");
+        }
+    }
+
+    /// The row-streaming kernel and the panel kernel give the same bits for every pair, for
+    /// every accumulator, with and without scales, ragged in rows and queries.
+    #[test]
+    fn row_kernel_matches_panel_kernel_bit_for_bit() {
+        struct All(Vec<(usize, usize, u32)>);
+        impl Candidates<f32> for All {
+            const HIGHER: bool = true;
+            fn bar(&self, _: usize) -> Option<f32> {
+                None
+            }
+            fn offer(&mut self, q: usize, first: usize, scores: &[f32], mask: u64) {
+                for (j, &s) in scores.iter().enumerate() {
+                    if mask >> j & 1 == 1 {
+                        self.0.push((q, first + j, s.to_bits()));
+                    }
+                }
+            }
+            fn offer_row(&mut self, first: usize, row: usize, scores: &[f32], mask: u64) {
+                for (l, &s) in scores.iter().enumerate() {
+                    if mask >> l & 1 == 1 {
+                        self.0.push((first + l, row, s.to_bits()));
+                    }
+                }
+            }
+        }
+        let (nq, n, d) = (5usize, 53usize, 37usize);
+        let q: Vec<f32> = (0..nq * d)
+            .map(|x| ((x * 7919 % 211) as f32 - 105.0) / 50.0)
+            .collect();
+        let db: Vec<f32> = (0..n * d)
+            .map(|x| ((x * 104729 % 199) as f32 - 99.0) / 40.0)
+            .collect();
+        for isa in available() {
+            let (mr, nr) = panel_shape::<f32>(isa);
+            let (w, _) = rows_shape::<f32>(isa);
+            let mut qp = vec![0.0; nq.div_ceil(mr) * mr * d];
+            pack_rows(isa, &q, nq, d, None, mr, &mut qp);
+            let mut dbp = vec![0.0; n.div_ceil(nr) * nr * d];
+            pack_rows(isa, &db, n, d, None, nr, &mut dbp);
+            let mut qw = vec![0.0; nq.div_ceil(w) * w * d];
+            pack_rows(isa, &q, nq, d, None, w, &mut qw);
+            let scale: Vec<f32> = (0..n.div_ceil(nr) * nr)
+                .map(|j| 1.0 / (1.0 + j as f32))
+                .collect();
+            for kind in [
+                Accumulator::Dot,
+                Accumulator::SquaredDiff,
+                Accumulator::AbsDiff,
+            ] {
+                for scaled in [false, true] {
+                    let sc = scaled.then_some(&scale[..]);
+                    let mut a = All(Vec::new());
+                    let job = PanelJob {
+                        kind,
+                        q: &qp,
+                        q_panels: nq.div_ceil(mr),
+                        db: &dbp,
+                        db_panels: n.div_ceil(nr),
+                        d,
+                        scale: sc,
+                    };
+                    let sink = Select {
+                        candidates: &mut a,
+                        rows: nq,
+                        cols: n,
+                    };
+                    score_select(isa, job, sink);
+                    let mut b = All(Vec::new());
+                    let job = RowJob {
+                        kind,
+                        q: &qw,
+                        q_panels: nq.div_ceil(w),
+                        db: &db,
+                        n,
+                        d,
+                        scale: sc.map(|s| &s[..n]),
+                        prefetch: &db[..10],
+                    };
+                    score_rows(isa, job, &mut b, nq);
+                    a.0.sort();
+                    b.0.sort();
+                    assert_eq!(a.0.len(), nq * n);
+                    assert_eq!(a.0, b.0, "{isa:?} {kind:?} scaled={scaled}");
                 }
             }
         }

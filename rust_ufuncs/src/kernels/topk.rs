@@ -1,17 +1,45 @@
-//! Exact top-k: score query blocks against database blocks (see `pairwise`) and feed each
-//! query's row of the score tile straight into its selector.
+//! Exact top-k: score query panels against packed database blocks (see `pairwise`) and let the
+//! kernel compare each query's scores with that query's current bar in registers, so only the
+//! few scores that can enter its top k ever reach the selector.
 //!
 //! Ranking: best score first (highest similarity, lowest distance); equal scores rank by lower
 //! database row id; NaN scores are never selected; missing places are padded with (NaN, -1).
+//!
+//! Work split: one thread scans the database once for as many queries as the selector budget
+//! allows. With more threads (`threads::num_threads`), many queries are split between threads
+//! (each scans the whole database for its queries); few queries split the database instead
+//! (each thread scans a slice for all queries) and the partial top-k lists are merged. The
+//! result never depends on the split.
 
-use super::pairwise::{Rows, Scorer};
-use super::{Metric, Real};
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::pairwise::{fill_norms, Rows, Scorer};
+use super::scratch::Buf;
+use super::simd::{self, score_select, Candidates, PanelJob, RowJob, Select};
+use super::{threads, Metric, Real};
 
 /// The id written to places no candidate filled.
 pub const NO_ID: i64 = -1;
 
+/// Everything a top-k call may be given besides the operands.
+pub struct TopkOptions<'a, T> {
+    /// Per query, a database row to leave out (-1, or any id not in the database, for none).
+    pub exclude: Option<&'a [i64]>,
+    /// Cosine: the L2 norms of the database rows (as `pairwise::cosine_norm` computes them);
+    /// used as given, never recomputed.
+    pub db_norms: Option<&'a [T]>,
+    /// Cosine without `db_norms`: receives the database norms the call computes on the way.
+    /// Left untouched for the other metrics or when `db_norms` is given.
+    pub norms_out: Option<&'a mut [T]>,
+    /// Threads the call may use (1: all work on the calling thread).
+    pub threads: usize,
+}
+
 /// For each query row `i`: the best `k` database rows other than row `exclude[i]` (use -1 for
-/// none), their scores to `scores[i*k..(i+1)*k]` and row ids to `ids[i*k..(i+1)*k]`.
+/// none), their scores to `scores[i*k..(i+1)*k]` and row ids to `ids[i*k..(i+1)*k]`. Uses up
+/// to `threads::num_threads()` threads.
 pub fn topk<T: Real>(
     metric: Metric,
     q: Rows<T>,
@@ -21,102 +49,452 @@ pub fn topk<T: Real>(
     scores: &mut [T],
     ids: &mut [i64],
 ) {
-    assert_eq!(exclude.len(), q.n, "one exclude entry per query");
+    let options = TopkOptions {
+        exclude: Some(exclude),
+        db_norms: None,
+        norms_out: None,
+        threads: threads::num_threads(),
+    };
+    topk_with(metric, q, db, k, options, scores, ids);
+}
+
+/// `topk` with every option.
+pub fn topk_with<T: Real>(
+    metric: Metric,
+    q: Rows<T>,
+    db: Rows<T>,
+    k: usize,
+    options: TopkOptions<T>,
+    scores: &mut [T],
+    ids: &mut [i64],
+) {
+    assert_eq!(q.d, db.d, "queries and database differ in width");
+    if let Some(exclude) = options.exclude {
+        assert_eq!(exclude.len(), q.n, "one exclude entry per query");
+    }
     assert_eq!(scores.len(), q.n * k, "scores length");
     assert_eq!(ids.len(), q.n * k, "ids length");
+    assert!(
+        db.n as u64 <= T::MAX_KEY_ID,
+        "at most {} database rows per call",
+        T::MAX_KEY_ID
+    );
+    let mut scorer = Scorer::new(metric, q, db);
+    if let Some(norms) = options.db_norms {
+        assert_eq!(norms.len(), db.n, "one norm per database row");
+        if metric == Metric::Cosine {
+            scorer.db_norms = Some(norms);
+        }
+    }
+    let needs_norms = metric == Metric::Cosine && scorer.db_norms.is_none();
+    let norms_out = match options.norms_out {
+        Some(out) if needs_norms => {
+            assert_eq!(out.len(), db.n, "one norm per database row");
+            Some(out)
+        }
+        _ => None,
+    };
+    let threads = options.threads.max(1);
     if k == 0 || q.n == 0 {
+        if let Some(out) = norms_out {
+            fill_norms(db, out, threads);
+        }
         return;
     }
     let problem = Problem {
-        scorer: Scorer::new(metric, q, db),
-        nq: q.n,
-        d: q.d,
-        exclude,
+        scorer,
+        exclude: options.exclude,
         k,
+        max_group: usize::MAX,
     };
     if metric.higher_is_better() {
-        problem.solve::<true>(problem.query_group(), scores, ids);
+        problem.run::<true>(norms_out, threads, scores, ids);
     } else {
-        problem.solve::<false>(problem.query_group(), scores, ids);
+        problem.run::<false>(norms_out, threads, scores, ids);
     }
 }
 
+/// Queries up to this many vectors of lanes (8 x 16 = 128 f32 queries on AVX-512) use the
+/// row-streaming kernel: it skips packing the database, which the packed-panel kernel only
+/// earns back over more queries (measured: equal at about 128-256 queries, d = 384).
+const ROWS_PATH_PANELS: usize = 8;
+/// Queries per thread below which threads split the database rather than the queries.
+const MIN_QUERIES_PER_THREAD: usize = 64;
+/// Database rows per thread below which a call stays on one thread.
+const MIN_ROWS_PER_THREAD: usize = 4096;
+
+#[derive(Clone, Copy)]
 struct Problem<'a, T> {
     scorer: Scorer<'a, T>,
-    nq: usize,
-    d: usize,
-    exclude: &'a [i64],
+    exclude: Option<&'a [i64]>,
     k: usize,
+    /// Most queries per scan (tests lower it to force several scans).
+    max_group: usize,
 }
 
 impl<T: Real> Problem<'_, T> {
-    /// Scans `group` queries at a time (a multiple of the scorer's query block).
-    fn solve<const HIGHER: bool>(&self, group: usize, scores: &mut [T], ids: &mut [i64]) {
-        let mut selectors: Vec<Selector<T, HIGHER>> = (0..group.min(self.nq))
-            .map(|_| Selector::new(self.k))
-            .collect();
-        for gs in (0..self.nq).step_by(group) {
-            let queries = gs..(gs + group).min(self.nq);
-            let selectors = &mut selectors[..queries.len()];
-            selectors.iter_mut().for_each(Selector::clear);
-            self.scorer.scan(queries.clone(), |tile| {
-                for (r, i) in tile.queries.clone().enumerate() {
-                    selectors[i - gs].offer(tile.scores_of(r), tile.rows.start, self.exclude[i]);
+    fn run<const HIGHER: bool>(
+        &self,
+        norms_out: Option<&mut [T]>,
+        threads: usize,
+        scores: &mut [T],
+        ids: &mut [i64],
+    ) {
+        let (nq, n) = (self.scorer.q.n, self.scorer.db.n);
+        if threads > 1 && nq >= 2 * MIN_QUERIES_PER_THREAD {
+            self.split_queries::<HIGHER>(norms_out, threads, scores, ids);
+        } else if threads > 1 && n >= 2 * MIN_ROWS_PER_THREAD {
+            self.split_database::<HIGHER>(norms_out, threads, scores, ids);
+        } else {
+            self.solve::<HIGHER>(0..nq, 0, norms_out, scores, ids);
+        }
+    }
+
+    /// Threads take contiguous query ranges; each scans the whole database.
+    fn split_queries<const HIGHER: bool>(
+        &self,
+        norms_out: Option<&mut [T]>,
+        threads: usize,
+        scores: &mut [T],
+        ids: &mut [i64],
+    ) {
+        let (nq, k) = (self.scorer.q.n, self.k);
+        let (mr, _) = self.scorer.shape();
+        // Cosine without known norms: compute them once, in parallel, before the split.
+        let mut own = Vec::new();
+        let norms: Option<&[T]> = match (self.scorer.db_norms, norms_out) {
+            (Some(norms), _) => Some(norms),
+            _ if self.scorer.metric != Metric::Cosine => None,
+            (None, Some(out)) => {
+                fill_norms(self.scorer.db, out, threads);
+                Some(&*out)
+            }
+            (None, None) => {
+                own.resize(self.scorer.db.n, T::ZERO);
+                fill_norms(self.scorer.db, &mut own, threads);
+                Some(&own)
+            }
+        };
+        let problem = Problem {
+            scorer: Scorer {
+                db_norms: norms,
+                ..self.scorer
+            },
+            ..*self
+        };
+        let rows_per = nq.div_ceil(threads).div_ceil(mr) * mr;
+        threads::install(threads, || {
+            scores
+                .par_chunks_mut(rows_per * k)
+                .zip(ids.par_chunks_mut(rows_per * k))
+                .enumerate()
+                .for_each(|(t, (scores, ids))| {
+                    let start = t * rows_per;
+                    let queries = start..start + scores.len() / k;
+                    problem.solve::<HIGHER>(queries, 0, None, scores, ids);
+                })
+        });
+    }
+
+    /// Threads take contiguous database slices, each for all queries; the partial top-k lists
+    /// are merged per query.
+    fn split_database<const HIGHER: bool>(
+        &self,
+        norms_out: Option<&mut [T]>,
+        threads: usize,
+        scores: &mut [T],
+        ids: &mut [i64],
+    ) {
+        let (nq, n, k) = (self.scorer.q.n, self.scorer.db.n, self.k);
+        let (_, nr) = self.scorer.shape();
+        let parts = threads.min(n / MIN_ROWS_PER_THREAD).max(1);
+        let per = n.div_ceil(parts).div_ceil(nr) * nr;
+        let slices: Vec<Range<usize>> = (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
+        let mut outs: Vec<Option<&mut [T]>> = match norms_out {
+            Some(out) => out.chunks_mut(per).map(Some).collect(),
+            None => slices.iter().map(|_| None).collect(),
+        };
+        let partial: Vec<(Vec<T>, Vec<i64>)> = threads::install(threads, || {
+            slices
+                .par_iter()
+                .zip(outs.par_iter_mut())
+                .map(|(rows, out)| {
+                    let part = Problem {
+                        scorer: Scorer {
+                            db: self.scorer.db.slice(rows.clone()),
+                            db_norms: self.scorer.db_norms.map(|n| &n[rows.clone()]),
+                            ..self.scorer
+                        },
+                        ..*self
+                    };
+                    let (mut s, mut i) = (vec![T::ZERO; nq * k], vec![NO_ID; nq * k]);
+                    part.solve::<HIGHER>(0..nq, rows.start, out.take(), &mut s, &mut i);
+                    (s, i)
+                })
+                .collect()
+        });
+        let mut keys = Vec::with_capacity(partial.len() * k);
+        for q in 0..nq {
+            keys.clear();
+            for (s, i) in &partial {
+                let at = q * k..(q + 1) * k;
+                keys.extend(
+                    s[at.clone()]
+                        .iter()
+                        .zip(&i[at])
+                        .filter(|&(_, &id)| id != NO_ID)
+                        .map(|(&s, &id)| key::<T, HIGHER>(s, id)),
+                );
+            }
+            keys.sort_unstable();
+            write_keys::<T, HIGHER>(
+                &keys,
+                &mut scores[q * k..(q + 1) * k],
+                &mut ids[q * k..(q + 1) * k],
+            );
+        }
+    }
+
+    /// Top-k of queries `queries` over this problem's database, whose row 0 has id `base`,
+    /// into `scores`/`ids` (`queries.len() * k` each). Cosine norms not known are computed in
+    /// the first scan and written to `norms_out` when given.
+    fn solve<const HIGHER: bool>(
+        &self,
+        queries: Range<usize>,
+        base: usize,
+        norms_out: Option<&mut [T]>,
+        scores: &mut [T],
+        ids: &mut [i64],
+    ) {
+        let n = self.scorer.db.n;
+        let group = self.query_group(queries.len());
+        let mut own = Buf::take();
+        let mut norms: Option<&mut [T]> = None;
+        if self.scorer.metric == Metric::Cosine && self.scorer.db_norms.is_none() {
+            norms = Some(match norms_out {
+                Some(out) => out,
+                None => {
+                    own.resize(n, T::ZERO);
+                    &mut own[..]
                 }
             });
-            for (selector, i) in selectors.iter_mut().zip(queries) {
-                let at = i * self.k..(i + 1) * self.k;
-                selector.write_best(&mut scores[at.clone()], &mut ids[at]);
+        }
+        let mut selectors = Selectors::<T, HIGHER>::new(group.min(queries.len()), self.k, n);
+        let mut first = true;
+        for gs in queries.clone().step_by(group) {
+            let g = gs..(gs + group).min(queries.end);
+            let at = (gs - queries.start) * self.k..(g.end - queries.start) * self.k;
+            let (scores, ids) = (&mut scores[at.clone()], &mut ids[at]);
+            match norms.as_deref_mut() {
+                Some(norms) if first => self.scan::<HIGHER>(
+                    self.scorer,
+                    g,
+                    base,
+                    Some(norms),
+                    &mut selectors,
+                    scores,
+                    ids,
+                ),
+                Some(norms) => {
+                    let scorer = Scorer {
+                        db_norms: Some(&*norms),
+                        ..self.scorer
+                    };
+                    self.scan::<HIGHER>(scorer, g, base, None, &mut selectors, scores, ids)
+                }
+                None => {
+                    self.scan::<HIGHER>(self.scorer, g, base, None, &mut selectors, scores, ids)
+                }
             }
+            first = false;
+        }
+    }
+
+    /// One scan of the database for queries `g`: the row-streaming kernel for few queries,
+    /// the packed-panel kernel for more.
+    #[allow(clippy::too_many_arguments)]
+    fn scan<const HIGHER: bool>(
+        &self,
+        scorer: Scorer<T>,
+        g: Range<usize>,
+        base: usize,
+        mut norms_out: Option<&mut [T]>,
+        selectors: &mut Selectors<T, HIGHER>,
+        scores: &mut [T],
+        ids: &mut [i64],
+    ) {
+        let (mr, nr) = scorer.shape();
+        let (w, _) = simd::rows_shape::<T>(scorer.isa);
+        let nq = g.len();
+        let d = scorer.q.d;
+        selectors.clear(nq);
+        let exclude = self.exclude.map(|e| &e[g.clone()]);
+        let mut q_packed = Buf::take_dirty();
+        let mut scale = Buf::take();
+        let rows_path = nq <= ROWS_PATH_PANELS * w;
+        let block = if rows_path {
+            scorer.row_block_rows()
+        } else {
+            scorer.db_block_rows(nq)
+        };
+        let n = scorer.db.n;
+        if rows_path {
+            scorer.pack_queries_in(g.clone(), w, &mut q_packed);
+            for start in (0..n).step_by(block) {
+                let rows = start..(start + block).min(n);
+                let out = norms_out.as_deref_mut().map(|n| &mut n[rows.clone()]);
+                let scaled = scorer.db_scale(rows.clone(), rows.len(), &mut scale, out);
+                let next = rows.end..(rows.end + block).min(n);
+                let job = RowJob {
+                    kind: scorer.kind(),
+                    q: &q_packed,
+                    q_panels: nq.div_ceil(w),
+                    db: scorer.db.slice(rows.clone()).data,
+                    n: rows.len(),
+                    d,
+                    scale: scaled.then_some(&scale[..]),
+                    prefetch: scorer.db.slice(next).data,
+                };
+                let mut candidates = Group {
+                    selectors: &mut *selectors,
+                    exclude,
+                    base: base + start,
+                };
+                simd::score_rows(scorer.isa, job, &mut candidates, nq);
+            }
+        } else {
+            scorer.pack_queries(g.clone(), &mut q_packed);
+            let mut db_packed = Buf::take_dirty();
+            for start in (0..n).step_by(block) {
+                let rows = start..(start + block).min(n);
+                let out = norms_out.as_deref_mut().map(|n| &mut n[rows.clone()]);
+                let padded = rows.len().div_ceil(nr) * nr;
+                let scaled = scorer.db_scale(rows.clone(), padded, &mut scale, out);
+                scorer.pack_db(rows.clone(), &mut db_packed);
+                let job = PanelJob {
+                    kind: scorer.kind(),
+                    q: &q_packed,
+                    q_panels: nq.div_ceil(mr),
+                    db: &db_packed,
+                    db_panels: rows.len().div_ceil(nr),
+                    d,
+                    scale: scaled.then_some(&scale[..]),
+                };
+                let mut candidates = Group {
+                    selectors: &mut *selectors,
+                    exclude,
+                    base: base + start,
+                };
+                let sink = Select {
+                    candidates: &mut candidates,
+                    rows: nq,
+                    cols: rows.len(),
+                };
+                score_select(scorer.isa, job, sink);
+            }
+        }
+        for r in 0..nq {
+            let at = r * self.k..(r + 1) * self.k;
+            selectors.write_best(r, &mut scores[at.clone()], &mut ids[at]);
         }
     }
 
     /// Queries scanned together: each scan packs the database once, so the more the better,
-    /// up to about 64 MiB of selectors and 64 MiB of packed queries.
-    fn query_group(&self) -> usize {
+    /// up to about 64 MiB of selector keys.
+    fn query_group(&self, queries: usize) -> usize {
         const BUDGET: usize = 64 << 20;
-        let (q_block, _) = self.scorer.block_rows();
-        let selector_bytes = Selector::<T, true>::capacity(self.k) * std::mem::size_of::<u128>();
-        let row_bytes = (self.d * T::BYTES).max(1);
-        let queries = (BUDGET / selector_bytes).min(BUDGET / row_bytes);
-        (queries / q_block).max(1) * q_block
+        let (mr, _) = self.scorer.shape();
+        let cap = Selectors::<T, true>::capacity(self.k, self.scorer.db.n);
+        let bytes = cap * std::mem::size_of::<T::Key>();
+        let group = (BUDGET / bytes.max(1)).max(mr) / mr * mr;
+        group
+            .min(queries.div_ceil(mr) * mr)
+            .min(self.max_group)
+            .max(mr)
     }
 }
 
-/// The best `k` (score, id) candidates of one query. Candidates collect in a buffer of about
-/// 2k; when it fills, `select_nth` keeps the best k and their worst score becomes the threshold
-/// that rejects most later candidates with a single comparison. Ids must be offered ascending.
-///
-/// Candidates are stored as `u128` keys whose integer order is the ranking (best first, then
-/// lower id), so selecting and sorting compare plain integers.
-pub struct Selector<T, const HIGHER: bool> {
+/// A (score, id) pair as a key whose integer order is the ranking: best first, then lower id.
+#[inline]
+fn key<T: Real, const HIGHER: bool>(score: T, id: i64) -> T::Key {
+    let bits = score.order_bits();
+    let rank = if HIGHER { bits ^ T::RANK_MASK } else { bits };
+    T::make_key(rank, id as u64)
+}
+
+#[inline]
+fn unkey<T: Real, const HIGHER: bool>(key: T::Key) -> (T, i64) {
+    let (rank, id) = T::split_key(key);
+    let bits = if HIGHER { rank ^ T::RANK_MASK } else { rank };
+    (T::from_order_bits(bits), id as i64)
+}
+
+/// Writes sorted `keys` (best first) to the first places, padding with (NaN, -1).
+fn write_keys<T: Real, const HIGHER: bool>(keys: &[T::Key], scores: &mut [T], ids: &mut [i64]) {
+    let found = keys.len().min(scores.len());
+    for (place, &key) in keys[..found].iter().enumerate() {
+        (scores[place], ids[place]) = unkey::<T, HIGHER>(key);
+    }
+    scores[found..].fill(T::NAN);
+    ids[found..].fill(NO_ID);
+}
+
+/// The best `k` (score, id) candidates of each of a group of queries. Candidates of a query
+/// collect in its buffer of about 2k keys; when it fills, `select_nth` keeps the best k and
+/// their worst score becomes the bar that rejects most later candidates in the kernel's
+/// registers. Ids must be offered ascending per query. All buffers share one allocation,
+/// reused across calls on the same thread.
+pub(crate) struct Selectors<T: Real, const HIGHER: bool> {
     k: usize,
-    keys: Vec<u128>,
-    /// The k-th best score so far once `full`; before that the worst possible score.
-    threshold: T,
+    cap: usize,
+    keys: Buf<T::Key>,
+    slots: Vec<Slot<T>>,
+}
+
+#[derive(Clone, Copy)]
+struct Slot<T> {
+    len: usize,
+    /// The k-th best score so far once `full`.
+    bar: T,
     full: bool,
 }
 
-impl<T: Real, const HIGHER: bool> Selector<T, HIGHER> {
-    pub fn new(k: usize) -> Self {
-        let mut selector = Selector {
+impl<T: Real, const HIGHER: bool> Selectors<T, HIGHER> {
+    /// Selectors for up to `count` queries over a database of `n` rows.
+    pub(crate) fn new(count: usize, k: usize, n: usize) -> Self {
+        let cap = Self::capacity(k, n);
+        let mut keys = Buf::take();
+        keys.resize(count * cap, T::Key::default());
+        Selectors {
             k,
-            keys: Vec::with_capacity(Self::capacity(k)),
-            threshold: T::ZERO,
-            full: false,
-        };
-        selector.clear();
-        selector
+            cap,
+            keys,
+            slots: Vec::with_capacity(count),
+        }
     }
 
-    pub(crate) fn capacity(k: usize) -> usize {
-        2 * k + 16
+    /// Keys per query buffer: 2k + 16, or room for every row (then it never fills).
+    fn capacity(k: usize, n: usize) -> usize {
+        let cap = 2 * k + 16;
+        if n < cap {
+            n + 1
+        } else {
+            cap
+        }
     }
 
-    pub fn clear(&mut self) {
-        self.keys.clear();
-        self.threshold = if HIGHER { T::NEG_INFINITY } else { T::INFINITY };
-        self.full = false;
+    /// Empties the first `count` selectors.
+    pub(crate) fn clear(&mut self, count: usize) {
+        assert!(count * self.cap <= self.keys.len());
+        self.slots.clear();
+        self.slots.resize(
+            count,
+            Slot {
+                len: 0,
+                bar: T::ZERO,
+                full: false,
+            },
+        );
     }
 
     #[inline(always)]
@@ -128,72 +506,114 @@ impl<T: Real, const HIGHER: bool> Selector<T, HIGHER> {
         }
     }
 
-    fn key(score: T, id: i64) -> u128 {
-        let bits = score.order_bits();
-        let rank = if HIGHER { !bits } else { bits };
-        ((rank as u128) << 64) | id as u64 as u128
-    }
-
-    fn unkey(key: u128) -> (T, i64) {
-        let rank = (key >> 64) as u64;
-        let bits = if HIGHER { !rank } else { rank };
-        (T::from_order_bits(bits), key as u64 as i64)
-    }
-
-    /// Offers `scores[j]` as row `first_id + j`, skipping row `exclude`.
     #[inline]
-    pub fn offer(&mut self, scores: &[T], first_id: usize, exclude: i64) {
-        for (j, &s) in scores.iter().enumerate() {
-            // An equal score never displaces a kept one: its id is higher.
-            if Self::beats(s, self.threshold) || (!self.full && !s.is_nan()) {
-                let id = (first_id + j) as i64;
-                if id != exclude {
-                    self.push(s, id);
-                }
+    fn bar(&self, q: usize) -> Option<T> {
+        let slot = &self.slots[q];
+        slot.full.then_some(slot.bar)
+    }
+
+    /// Offers `score` as row `id` to query `q` (NaN and scores not beating a full selector's
+    /// bar are dropped).
+    #[inline]
+    pub(crate) fn offer(&mut self, q: usize, score: T, id: i64) {
+        let slot = &mut self.slots[q];
+        // An equal score never displaces a kept one: its id is higher.
+        if score.is_nan() || (slot.full && !Self::beats(score, slot.bar)) {
+            return;
+        }
+        let at = q * self.cap;
+        self.keys[at + slot.len] = key::<T, HIGHER>(score, id);
+        slot.len += 1;
+        if slot.len == self.cap {
+            let kept = &mut self.keys[at..at + self.cap];
+            keep_best(kept, self.k);
+            slot.len = self.k;
+            slot.bar = unkey::<T, HIGHER>(kept[self.k - 1]).0;
+            slot.full = true;
+        }
+    }
+
+    /// Writes query `q`'s best k, best first, padding with (NaN, -1).
+    pub(crate) fn write_best(&mut self, q: usize, scores: &mut [T], ids: &mut [i64]) {
+        let at = q * self.cap;
+        let keys = &mut self.keys[at..at + self.slots[q].len];
+        if keys.len() > self.k {
+            keys.select_nth_unstable(self.k);
+        }
+        let kept = keys.len().min(self.k);
+        let best = &mut keys[..kept];
+        best.sort_unstable();
+        write_keys::<T, HIGHER>(best, scores, ids);
+    }
+}
+
+/// Keeps the best k of `keys` in its first k places, the worst of them last (k < keys.len()).
+fn keep_best<K: Ord + Copy>(keys: &mut [K], k: usize) {
+    keys.select_nth_unstable(k);
+    let best = &mut keys[..k];
+    let (at, _) = best
+        .iter()
+        .enumerate()
+        .max_by_key(|&(_, &key)| key)
+        .expect("k >= 1");
+    best.swap(at, k - 1);
+}
+
+/// The selectors of one scan as the kernel sees them: packed query row `q` is selector `q`,
+/// packed database row `j` of the block is row id `base + j`.
+struct Group<'s, T: Real, const HIGHER: bool> {
+    selectors: &'s mut Selectors<T, HIGHER>,
+    exclude: Option<&'s [i64]>,
+    base: usize,
+}
+
+impl<T: Real, const HIGHER: bool> Candidates<T> for Group<'_, T, HIGHER> {
+    const HIGHER: bool = HIGHER;
+
+    #[inline(always)]
+    fn bar(&self, q: usize) -> Option<T> {
+        self.selectors.bar(q)
+    }
+
+    #[inline(never)]
+    fn offer_row(&mut self, first: usize, row: usize, scores: &[T], mut mask: u64) {
+        let id = (self.base + row) as i64;
+        while mask != 0 {
+            let l = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let q = first + l;
+            if self.exclude.is_none_or(|e| e[q] != id) {
+                self.selectors.offer(q, scores[l], id);
             }
         }
     }
 
-    fn push(&mut self, score: T, id: i64) {
-        self.keys.push(Self::key(score, id));
-        if self.keys.len() == Self::capacity(self.k) {
-            self.keep_best();
-            self.threshold = Self::unkey(self.keys[self.k - 1]).0;
-            self.full = true;
+    #[inline(never)]
+    fn offer(&mut self, q: usize, first: usize, scores: &[T], mut mask: u64) {
+        let skip = self.exclude.map_or(NO_ID, |e| e[q]);
+        while mask != 0 {
+            let j = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let id = (self.base + first + j) as i64;
+            if id != skip {
+                self.selectors.offer(q, scores[j], id);
+            }
         }
-    }
-
-    /// Keeps the best k keys (in no particular order).
-    fn keep_best(&mut self) {
-        if self.keys.len() > self.k {
-            self.keys.select_nth_unstable(self.k);
-            self.keys.truncate(self.k);
-        }
-        if let Some(worst) = self.keys.iter().max().copied() {
-            // The threshold must be the k-th best: put it last.
-            let at = self.keys.iter().position(|&key| key == worst).unwrap();
-            let last = self.keys.len() - 1;
-            self.keys.swap(at, last);
-        }
-    }
-
-    /// Writes the best k, best first, padding with (NaN, -1).
-    pub fn write_best(&mut self, scores: &mut [T], ids: &mut [i64]) {
-        self.keep_best();
-        self.keys.sort_unstable();
-        let found = self.keys.len();
-        for (place, &key) in self.keys.iter().enumerate() {
-            (scores[place], ids[place]) = Self::unkey(key);
-        }
-        scores[found..].fill(T::NAN);
-        ids[found..].fill(NO_ID);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::pairwise::cosine_norm;
     use crate::kernels::testutil::{random_matrix, reference_score, Lcg};
+
+    const METRICS: [Metric; 4] = [
+        Metric::Cosine,
+        Metric::Dot,
+        Metric::Euclidean,
+        Metric::Manhattan,
+    ];
 
     /// Sort every non-NaN candidate (reference scores in f64), ties by id.
     fn reference_topk(
@@ -224,6 +644,39 @@ mod tests {
         all
     }
 
+    type Out<T> = (Vec<T>, Vec<i64>);
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_with<T: Real>(
+        metric: Metric,
+        q: &[T],
+        db: &[T],
+        d: usize,
+        exclude: &[i64],
+        k: usize,
+        threads: usize,
+        db_norms: Option<&[T]>,
+    ) -> Out<T> {
+        let (nq, ndb) = (exclude.len(), db.len() / d.max(1));
+        let (mut scores, mut ids) = (vec![T::ZERO; nq * k], vec![0i64; nq * k]);
+        let options = TopkOptions {
+            exclude: Some(exclude),
+            db_norms,
+            norms_out: None,
+            threads,
+        };
+        topk_with(
+            metric,
+            Rows::new(q, nq, d),
+            Rows::new(db, ndb, d),
+            k,
+            options,
+            &mut scores,
+            &mut ids,
+        );
+        (scores, ids)
+    }
+
     fn run<T: Real>(
         metric: Metric,
         q: &[T],
@@ -231,19 +684,18 @@ mod tests {
         d: usize,
         exclude: &[i64],
         k: usize,
-    ) -> (Vec<T>, Vec<i64>) {
-        let (nq, ndb) = (exclude.len(), db.len() / d.max(1));
-        let (mut scores, mut ids) = (vec![T::ZERO; nq * k], vec![0i64; nq * k]);
-        topk(
-            metric,
-            Rows::new(q, nq, d),
-            Rows::new(db, ndb, d),
-            exclude,
-            k,
-            &mut scores,
-            &mut ids,
-        );
-        (scores, ids)
+    ) -> Out<T> {
+        run_with(metric, q, db, d, exclude, k, 1, None)
+    }
+
+    fn bits<T: Real>(out: &Out<T>) -> (Vec<u64>, Vec<i64>) {
+        (
+            out.0
+                .iter()
+                .map(|s| s.order_bits() ^ s.is_nan() as u64)
+                .collect(),
+            out.1.clone(),
+        )
     }
 
     #[test]
@@ -255,13 +707,8 @@ mod tests {
         let exclude: Vec<i64> = (0..nq as i64)
             .map(|i| if i % 3 == 0 { -1 } else { i * 50 })
             .collect();
-        for metric in [
-            Metric::Cosine,
-            Metric::Dot,
-            Metric::Euclidean,
-            Metric::Manhattan,
-        ] {
-            for k in [1, 3, 10, 100, 1000] {
+        for metric in METRICS {
+            for k in [1, 3, 10, 100, 1000, 2000] {
                 let (scores, ids) = run(metric, &q, &db, d, &exclude, k);
                 for i in 0..nq {
                     let want =
@@ -275,6 +722,9 @@ mod tests {
                     for (g, w) in scores[i * k..].iter().zip(&want) {
                         assert!((g - w.0).abs() <= 1e-12 * (1.0 + w.0.abs()));
                     }
+                    assert!(ids[i * k + want.len()..(i + 1) * k]
+                        .iter()
+                        .all(|&id| id == NO_ID));
                 }
             }
         }
@@ -287,26 +737,109 @@ mod tests {
         let q: Vec<f32> = random_matrix(&mut rng, nq, d);
         let db: Vec<f32> = random_matrix(&mut rng, ndb, d);
         let exclude: Vec<i64> = (0..nq as i64).collect();
-        let (q, db) = (Rows::new(&q, nq, d), Rows::new(&db, ndb, d));
-        let problem = Problem {
-            scorer: Scorer::new(Metric::Euclidean, q, db),
-            nq,
-            d,
-            exclude: &exclude,
-            k,
-        };
-        let (q_block, _) = problem.scorer.block_rows();
-        let mut whole = (vec![0.0f32; nq * k], vec![0i64; nq * k]);
-        problem.solve::<false>(problem.query_group(), &mut whole.0, &mut whole.1);
-        let mut grouped = (vec![0.0f32; nq * k], vec![0i64; nq * k]);
-        problem.solve::<false>(q_block, &mut grouped.0, &mut grouped.1);
-        assert!(q_block < nq);
-        assert_eq!(whole, grouped);
+        for metric in METRICS {
+            let whole = run(metric, &q, &db, d, &exclude, k);
+            let problem = Problem {
+                scorer: Scorer::new(metric, Rows::new(&q, nq, d), Rows::new(&db, ndb, d)),
+                exclude: Some(&exclude),
+                k,
+                max_group: 8,
+            };
+            assert!(problem.query_group(nq) < nq);
+            let mut grouped = (vec![0.0f32; nq * k], vec![0i64; nq * k]);
+            if metric.higher_is_better() {
+                problem.solve::<true>(0..nq, 0, None, &mut grouped.0, &mut grouped.1);
+            } else {
+                problem.solve::<false>(0..nq, 0, None, &mut grouped.0, &mut grouped.1);
+            }
+            assert_eq!(bits(&whole), bits(&grouped), "{metric:?}");
+        }
+    }
+
+    /// Query-parallel (many queries), database-parallel (few queries, many rows) and serial
+    /// runs give identical bits, and so do given and computed cosine norms.
+    #[test]
+    fn thread_splits_and_given_norms_give_identical_results() {
+        let d = 19;
+        let mut rng = Lcg::new(8);
+        for &(nq, ndb) in &[(300, 2000), (3, 20_000), (17, 9000)] {
+            let q: Vec<f32> = random_matrix(&mut rng, nq, d);
+            let mut db: Vec<f32> = random_matrix(&mut rng, ndb, d);
+            db[..d].fill(f32::NAN);
+            db[5 * d..6 * d].fill(0.0);
+            let exclude: Vec<i64> = (0..nq as i64).map(|i| i * 3 - 1).collect();
+            let norms: Vec<f32> = (0..ndb)
+                .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
+                .collect();
+            for metric in METRICS {
+                for k in [1, 10, 300] {
+                    let one = run(metric, &q, &db, d, &exclude, k);
+                    for threads in [2, 3] {
+                        let many = run_with(metric, &q, &db, d, &exclude, k, threads, None);
+                        assert_eq!(
+                            bits(&one),
+                            bits(&many),
+                            "{metric:?} {nq}x{ndb} k={k} t={threads}"
+                        );
+                    }
+                    let given = run_with(metric, &q, &db, d, &exclude, k, 1, Some(&norms));
+                    assert_eq!(bits(&one), bits(&given), "{metric:?} given norms");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn computed_norms_are_returned_by_every_split() {
+        let (d, k) = (7, 4);
+        let mut rng = Lcg::new(2);
+        for &(nq, ndb, threads) in &[(5, 3000, 1), (200, 3000, 2), (3, 10_000, 2), (0, 100, 1)] {
+            let q: Vec<f64> = random_matrix(&mut rng, nq, d);
+            let db: Vec<f64> = random_matrix(&mut rng, ndb, d);
+            let want: Vec<f64> = (0..ndb)
+                .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
+                .collect();
+            let mut norms = vec![f64::NAN; ndb];
+            let (mut s, mut i) = (vec![0.0; nq * k], vec![0; nq * k]);
+            let options = TopkOptions {
+                exclude: None,
+                db_norms: None,
+                norms_out: Some(&mut norms),
+                threads,
+            };
+            topk_with(
+                Metric::Cosine,
+                Rows::new(&q, nq, d),
+                Rows::new(&db, ndb, d),
+                k,
+                options,
+                &mut s,
+                &mut i,
+            );
+            assert_eq!(norms, want, "{nq} {ndb} {threads}");
+        }
+    }
+
+    #[test]
+    fn wrong_norms_change_the_result() {
+        let (nq, ndb, d, k) = (4, 50, 6, 5);
+        let mut rng = Lcg::new(3);
+        let q: Vec<f64> = random_matrix(&mut rng, nq, d);
+        let db: Vec<f64> = random_matrix(&mut rng, ndb, d);
+        let exclude = vec![-1; nq];
+        let right = run(Metric::Cosine, &q, &db, d, &exclude, k);
+        // Norms of 1 make cosine rank like the dot product.
+        let ones = vec![1.0; ndb];
+        let wrong = run_with(Metric::Cosine, &q, &db, d, &exclude, k, 1, Some(&ones));
+        let dot = run(Metric::Dot, &q, &db, d, &exclude, k);
+        assert_ne!(right.1, wrong.1);
+        assert_eq!(wrong.1, dot.1);
     }
 
     #[test]
     fn ties_go_to_the_lower_id_across_blocks() {
-        // 3000 copies of 4 distinct rows: every score ties with 749 others, over several blocks.
+        // 9000 copies of 4 distinct rows: every score ties with 2249 others, over several
+        // blocks and thread slices.
         let d = 3;
         let distinct = [
             [1.0f32, 0.0, 0.0],
@@ -314,13 +847,15 @@ mod tests {
             [1.0, 1.0, 0.0],
             [0.0, 0.0, 1.0],
         ];
-        let db: Vec<f32> = (0..3000).flat_map(|j| distinct[j % 4]).collect();
+        let db: Vec<f32> = (0..9000).flat_map(|j| distinct[j % 4]).collect();
         let q = [1.0f32, 0.9, 0.0];
-        let (scores, ids) = run(Metric::Cosine, &q, &db, d, &[-1], 6);
-        assert_eq!(ids, [2, 6, 10, 14, 18, 22]);
-        assert!(scores.iter().all(|&s| s == scores[0]));
-        let (_, ids) = run(Metric::Euclidean, &q, &db, d, &[6], 4);
-        assert_eq!(ids, [2, 10, 14, 18]);
+        for threads in [1, 2] {
+            let (scores, ids) = run_with(Metric::Cosine, &q, &db, d, &[-1], 6, threads, None);
+            assert_eq!(ids, [2, 6, 10, 14, 18, 22]);
+            assert!(scores.iter().all(|&s| s == scores[0]));
+            let (_, ids) = run_with(Metric::Euclidean, &q, &db, d, &[6], 4, threads, None);
+            assert_eq!(ids, [2, 10, 14, 18]);
+        }
     }
 
     #[test]
@@ -361,12 +896,7 @@ mod tests {
         let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         let (qw, dbw) = (wide(&q), wide(&db));
         let k = 7;
-        for metric in [
-            Metric::Cosine,
-            Metric::Dot,
-            Metric::Euclidean,
-            Metric::Manhattan,
-        ] {
+        for metric in METRICS {
             let (scores, ids) = run(metric, &q, &db, d, &vec![-1; nq], k);
             for i in 0..nq {
                 let want = reference_topk(metric, &qw[i * d..(i + 1) * d], &dbw, d, -1, k);

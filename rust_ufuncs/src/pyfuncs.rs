@@ -1,0 +1,255 @@
+//! Plain Python functions (not ufuncs) of `dask_vecops._rust`: the top-k entry point of the
+//! Python backend, which can take and return cached database norms, and the thread-count knob.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use numpy::prelude::*;
+use numpy::{Element, PyArray1, PyArray2, PyUntypedArray};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::kernels::pairwise::Rows;
+use crate::kernels::threads;
+use crate::kernels::topk::{topk_with, TopkOptions};
+use crate::kernels::{Metric, Real};
+
+fn parse_metric(metric: &str) -> PyResult<Metric> {
+    Ok(match metric {
+        "cosine" => Metric::Cosine,
+        "dot" => Metric::Dot,
+        "euclidean" => Metric::Euclidean,
+        "manhattan" => Metric::Manhattan,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "metric must be one of 'cosine', 'dot', 'euclidean', 'manhattan', got {metric:?}"
+            )))
+        }
+    })
+}
+
+/// `x` as a NumPy array of `ndim` dimensions, C-contiguous and aligned (read in place).
+fn array<'a, 'py>(
+    x: &'a Bound<'py, PyAny>,
+    name: &str,
+    ndim: usize,
+) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
+    let a = x.cast::<PyUntypedArray>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name} must be a NumPy array, got {}",
+            x.get_type()
+        ))
+    })?;
+    if a.ndim() != ndim {
+        return Err(PyValueError::new_err(format!(
+            "{name} must have {ndim} dimension(s), got shape {:?}",
+            a.shape()
+        )));
+    }
+    if !a.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be C-contiguous"
+        )));
+    }
+    if !a.is_aligned() && a.len() > 0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be aligned to its dtype"
+        )));
+    }
+    Ok(a)
+}
+
+fn dtype_is<T: Element>(a: &Bound<'_, PyUntypedArray>) -> bool {
+    a.dtype().is_equiv_to(&numpy::dtype::<T>(a.py()))
+}
+
+/// Exact top-``k`` rows of ``db`` for each row of ``q``, with the database norms for cosine.
+///
+/// ``topk_block(q, db, k, metric, exclude=None, db_norms=None) -> (scores, ids, db_norms)``
+///
+/// ``q`` (m, d) and ``db`` (n, d): C-contiguous, aligned float32 or float64 arrays of the same
+/// dtype (read in place, never copied).
+/// ``k >= 0``; ``metric`` one of "cosine", "dot", "euclidean", "manhattan". ``exclude``: None
+/// or an int64 array (m,) of ``db`` rows to leave out per query (-1 for none). ``db_norms``:
+/// None or the L2 norms (n,) of the ``db`` rows, same dtype, used as given for cosine (never
+/// recomputed; ignored by the other metrics).
+///
+/// Returns ``scores`` (m, k) of the input dtype and ``ids`` (m, k) int64: best first (highest
+/// similarity, lowest distance), equal scores to the lower row id, NaN scores never returned,
+/// places no row fills padded with (NaN, -1). The third element is, for cosine, the database
+/// norms the call used (``db_norms`` itself when given, else the norms computed in the same
+/// pass over ``db``, ready to be cached and passed back); None for the other metrics.
+///
+/// Runs without the GIL, on up to ``get_num_threads()`` threads.
+#[pyfunction]
+#[pyo3(signature = (q, db, k, metric, exclude=None, db_norms=None))]
+pub fn topk_block<'py>(
+    q: &Bound<'py, PyAny>,
+    db: &Bound<'py, PyAny>,
+    k: i64,
+    metric: &str,
+    exclude: Option<&Bound<'py, PyAny>>,
+    db_norms: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let metric = parse_metric(metric)?;
+    if k < 0 {
+        return Err(PyValueError::new_err(format!("k must be >= 0, got {k}")));
+    }
+    let (qa, dba) = (array(q, "q", 2)?, array(db, "db", 2)?);
+    if !qa.dtype().is_equiv_to(&dba.dtype()) {
+        return Err(PyTypeError::new_err(format!(
+            "q and db must have the same dtype, got {} and {}",
+            qa.dtype(),
+            dba.dtype()
+        )));
+    }
+    if qa.shape()[1] != dba.shape()[1] {
+        return Err(PyValueError::new_err(format!(
+            "q and db must have the same number of columns, got shapes {:?} and {:?}",
+            qa.shape(),
+            dba.shape()
+        )));
+    }
+    let (m, n) = (qa.shape()[0], dba.shape()[0]);
+    let exclude = match exclude {
+        Some(e) if !e.is_none() => {
+            let ea = array(e, "exclude", 1)?;
+            if !dtype_is::<i64>(ea) {
+                return Err(PyTypeError::new_err(format!(
+                    "exclude must be an int64 array, got dtype {}",
+                    ea.dtype()
+                )));
+            }
+            if ea.shape()[0] != m {
+                return Err(PyValueError::new_err(format!(
+                    "exclude must have one entry per query ({m}), got {}",
+                    ea.shape()[0]
+                )));
+            }
+            Some(ea.cast::<PyArray1<i64>>()?.clone())
+        }
+        _ => None,
+    };
+    let norms = match db_norms {
+        Some(x) if !x.is_none() => {
+            let na = array(x, "db_norms", 1)?;
+            if !na.dtype().is_equiv_to(&qa.dtype()) {
+                return Err(PyTypeError::new_err(format!(
+                    "db_norms must have the dtype of db ({}), got {}",
+                    dba.dtype(),
+                    na.dtype()
+                )));
+            }
+            if na.shape()[0] != n {
+                return Err(PyValueError::new_err(format!(
+                    "db_norms must have one entry per db row ({n}), got {}",
+                    na.shape()[0]
+                )));
+            }
+            Some(x)
+        }
+        _ => None,
+    };
+    let k = k as usize;
+    if dtype_is::<f32>(qa) {
+        run::<f32>(q, db, k, metric, exclude, norms)
+    } else if dtype_is::<f64>(qa) {
+        run::<f64>(q, db, k, metric, exclude, norms)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "q and db must be float32 or float64 arrays, got dtype {}",
+            qa.dtype()
+        )))
+    }
+}
+
+fn run<'py, T: Real + Element>(
+    q: &Bound<'py, PyAny>,
+    db: &Bound<'py, PyAny>,
+    k: usize,
+    metric: Metric,
+    exclude: Option<Bound<'py, PyArray1<i64>>>,
+    db_norms: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let py = q.py();
+    let (q, db) = (q.cast::<PyArray2<T>>()?, db.cast::<PyArray2<T>>()?);
+    let (q_ro, db_ro) = (q.try_readonly()?, db.try_readonly()?);
+    let (m, d, n) = (q.shape()[0], q.shape()[1], db.shape()[0]);
+    let exclude_ro = exclude.as_ref().map(|e| e.try_readonly()).transpose()?;
+    let norms_in = db_norms
+        .map(|x| x.cast::<PyArray1<T>>().cloned())
+        .transpose()?;
+    let norms_ro = norms_in.as_ref().map(|a| a.try_readonly()).transpose()?;
+    let scores = PyArray2::<T>::zeros(py, [m, k], false);
+    let ids = PyArray2::<i64>::zeros(py, [m, k], false);
+    let computed = (metric == Metric::Cosine && norms_in.is_none())
+        .then(|| PyArray1::<T>::zeros(py, n, false));
+    {
+        let mut s_rw = scores.try_readwrite()?;
+        let mut i_rw = ids.try_readwrite()?;
+        let mut n_rw = computed.as_ref().map(|a| a.try_readwrite()).transpose()?;
+        let (q_s, db_s) = (q_ro.as_slice()?, db_ro.as_slice()?);
+        let exclude_s = exclude_ro.as_ref().map(|e| e.as_slice()).transpose()?;
+        let norms_s = norms_ro.as_ref().map(|a| a.as_slice()).transpose()?;
+        let s = s_rw.as_slice_mut()?;
+        let i = i_rw.as_slice_mut()?;
+        let norms_out = n_rw.as_mut().map(|a| a.as_slice_mut()).transpose()?;
+        let threads = threads::num_threads();
+        let outcome = py.detach(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let options = TopkOptions {
+                    exclude: exclude_s,
+                    db_norms: norms_s,
+                    norms_out,
+                    threads,
+                };
+                topk_with(
+                    metric,
+                    Rows::new(q_s, m, d),
+                    Rows::new(db_s, n, d),
+                    k,
+                    options,
+                    s,
+                    i,
+                );
+            }))
+        });
+        if let Err(payload) = outcome {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            return Err(PyRuntimeError::new_err(format!(
+                "topk_block: Rust panic: {detail}"
+            )));
+        }
+    }
+    let third: Bound<'py, PyAny> = match (metric, computed, db_norms) {
+        (Metric::Cosine, Some(c), _) => c.into_any(),
+        (Metric::Cosine, None, Some(given)) => given.clone(),
+        _ => py.None().into_bound(py),
+    };
+    PyTuple::new(py, [scores.into_any(), ids.into_any(), third])
+}
+
+/// Sets how many threads each kernel call may use (``n >= 1``; default from the environment
+/// variable ``DASK_VECOPS_NUM_THREADS``, else 1). With ``n > 1`` the top-k and all-pairs
+/// kernels split their work over one shared, lazily built pool of ``n`` threads. Keep 1 under
+/// a Dask scheduler that already runs one task per core (see docs/threads.md).
+#[pyfunction]
+pub fn set_num_threads(n: i64) -> PyResult<()> {
+    if n < 1 {
+        return Err(PyValueError::new_err(format!(
+            "the number of threads must be >= 1, got {n}"
+        )));
+    }
+    threads::set_num_threads(n as usize);
+    Ok(())
+}
+
+/// How many threads each kernel call may use (see ``set_num_threads``).
+#[pyfunction]
+pub fn get_num_threads() -> usize {
+    threads::num_threads()
+}
