@@ -28,7 +28,7 @@ CASES = {
         ("1 query, k=10", ["--queries", "1", "--repeat", "5"], None),
         ("16 queries, k=10", ["--queries", "16", "--repeat", "5"], None),
     ],
-    "3": [("self-join, k=10", ["--rows", "100000", "--self-join"],
+    "3": [("self-join, k=10", ["--rows", "100000", "--self-join", "--chunk-rows", "10000"],
            ["rust", "faiss", "numpy brute", "recipe"])],
     "4": [("1,000 queries, k=1,000", ["-k", "1000"], ["rust", "faiss"])],
     "5": [

@@ -186,12 +186,19 @@ def _contenders(args, db):
 
 def _numpy_brute(self_join):
     def run(q, db, k):
-        scores = _unit(q) @ _unit(db).T
-        if self_join:
-            np.fill_diagonal(scores, -np.inf)
-        return _top_ids(scores, k)
+        dbn = _unit(db)
+        rows = max(1, 2**31 // (4 * len(db)))  # 2 GiB of scores at a time
+        return np.concatenate([_numpy_batch(_unit(q[s : s + rows]), dbn, k, s if self_join else None)
+                               for s in range(0, len(q), rows)])
 
     return run
+
+
+def _numpy_batch(qn, dbn, k, self_offset):
+    scores = qn @ dbn.T
+    if self_offset is not None:
+        scores[np.arange(len(qn)), self_offset + np.arange(len(qn))] = -np.inf
+    return _top_ids(scores, k)
 
 
 def _top_ids(scores, k):
