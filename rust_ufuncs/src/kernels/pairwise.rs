@@ -342,14 +342,7 @@ pub(crate) fn fill_norms<T: Real>(rows: Rows<T>, norms: &mut [T], threads: usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{random_matrix, reference_score, Lcg};
-
-    const METRICS: [Metric; 4] = [
-        Metric::Cosine,
-        Metric::Dot,
-        Metric::Euclidean,
-        Metric::Manhattan,
-    ];
+    use crate::kernels::testutil::{random_matrix, reference_score, Lcg, METRICS};
 
     fn scores_on<T: Real>(isa: Isa, metric: Metric, q: Rows<T>, db: Rows<T>) -> Vec<T> {
         let mut out = vec![T::NAN; q.n * db.n];

@@ -2,6 +2,14 @@
 
 use super::{Metric, Real};
 
+/// Every metric, for tests that run over all of them.
+pub const METRICS: [Metric; 4] = [
+    Metric::Cosine,
+    Metric::Dot,
+    Metric::Euclidean,
+    Metric::Manhattan,
+];
+
 /// A tiny deterministic generator (no dependency needed for test data).
 pub struct Lcg(u64);
 

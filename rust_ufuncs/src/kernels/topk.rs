@@ -606,14 +606,7 @@ impl<T: Real, const HIGHER: bool> Candidates<T> for Group<'_, T, HIGHER> {
 mod tests {
     use super::*;
     use crate::kernels::pairwise::cosine_norm;
-    use crate::kernels::testutil::{random_matrix, reference_score, Lcg};
-
-    const METRICS: [Metric; 4] = [
-        Metric::Cosine,
-        Metric::Dot,
-        Metric::Euclidean,
-        Metric::Manhattan,
-    ];
+    use crate::kernels::testutil::{random_matrix, reference_score, Lcg, METRICS};
 
     /// Sort every non-NaN candidate (reference scores in f64), ties by id.
     fn reference_topk(
