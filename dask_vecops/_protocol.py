@@ -1,7 +1,7 @@
 """The chunk protocol: what every backend computes on in-memory blocks.
 
 A backend is a module with the functions below. It works on whole in-memory blocks (NumPy, or CuPy
-for the GPU backend), knows nothing of Dask, and never sees global row numbers: the graph layer
+for the GPU backend, whose results stay CuPy arrays), knows nothing of Dask, and never sees global row numbers: the graph layer
 filters non-finite rows, maps local ids to global ones and merges the partial results.
 
 Conventions shared by every backend
@@ -25,6 +25,25 @@ METRICS = ("cosine", "dot", "euclidean", "manhattan")
 SIMILARITIES = frozenset({"cosine", "dot"})
 NORMS = ("l2", "l1", "max")
 NAN_POLICIES = ("raise", "omit")
+
+
+def array_module(x):
+    """The array library of a block: ``cupy`` for CuPy arrays, else ``numpy``."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_numpy(x) -> np.ndarray:
+    """A small array (a mask, a few ids) brought to the host; NumPy arrays pass through."""
+    return x.get() if array_module(x) is not np else np.asarray(x)
+
+
+def take_rows(x, keep: np.ndarray):
+    """The rows of block ``x`` where the host mask ``keep`` is true, on the block's device."""
+    return x[array_module(x).asarray(keep)]
 
 
 def larger_is_better(metric: str) -> bool:

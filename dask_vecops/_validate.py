@@ -12,12 +12,13 @@ import dask.array as da
 import numpy as np
 
 from ._errors import NonFiniteError
+from ._protocol import array_module, to_numpy
 
 
 def as_matrix(x, name: str) -> da.Array:
     """``x`` as a 2-D dask array with known chunks and one chunk along the feature axis."""
     if not isinstance(x, da.Array):
-        x = np.asarray(x)
+        x = np.asarray(x) if array_module(x) is np else x  # a CuPy array stays on its GPU
         _check_matrix(x, name)
         return da.from_array(x, chunks={0: "auto", 1: -1})
     _check_matrix(x, name)
@@ -82,20 +83,21 @@ def check_choice(value, valid, what: str):
     return value
 
 
-def nonfinite_rows(x: np.ndarray) -> np.ndarray:
-    """Boolean mask of the rows of ``x`` that hold a NaN or an inf.
+def nonfinite_rows(x) -> np.ndarray:
+    """Boolean host mask of the rows of block ``x`` (NumPy or CuPy) that hold a NaN or an inf.
 
     One pass at memory speed: a row's sum of squares is finite unless the row holds NaN/inf or
     the sum overflows; only the rows whose sum is not finite are looked at element by element.
     """
-    suspect = ~np.isfinite(np.einsum("ij,ij->i", x, x))
+    xp = array_module(x)
+    suspect = ~xp.isfinite(xp.einsum("ij,ij->i", x, x))
     if suspect.any():
-        suspect[suspect] = ~np.isfinite(x[suspect]).all(axis=1)
-    return suspect
+        suspect[suspect] = ~xp.isfinite(x[suspect]).all(axis=1)
+    return to_numpy(suspect)
 
 
-def finite_mask(x: np.ndarray, row_ids: np.ndarray, name: str, nan_policy: str) -> np.ndarray | None:
-    """The rows of ``x`` to keep under ``nan_policy``: None when all are finite.
+def finite_mask(x, row_ids: np.ndarray, name: str, nan_policy: str) -> np.ndarray | None:
+    """The rows of ``x`` to keep under ``nan_policy`` as a host mask: None when all are finite.
 
     With ``"raise"`` a non-finite row raises :class:`NonFiniteError` naming its global row, taken
     from ``row_ids``.

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import dask
 import dask.array as da
+import numpy as np
 
 from . import _config, graph
-from ._protocol import METRICS, NAN_POLICIES, NORMS
+from ._protocol import METRICS, NAN_POLICIES, NORMS, array_module
 from ._validate import as_matrix, check_choice, check_k, check_same_features, float_dtype
 from .backends import registry
 
 
-def _backend(name):
-    return registry.resolve(check_choice(_config.get("backend", name), registry.CHOICES, "backend"))
+def _backend(name, *arrays: da.Array):
+    """The backend module for the ``backend`` option and the kind of blocks (NumPy or CuPy)."""
+    name = check_choice(_config.get("backend", name), registry.CHOICES, "backend")
+    return registry.resolve(name, on_gpu=_on_gpu(*arrays))
+
+
+def _on_gpu(*arrays: da.Array) -> bool:
+    """Whether any of the arrays has CuPy blocks."""
+    return any(array_module(a._meta) is not np for a in arrays)
 
 
 def _nan_policy(value) -> str:
@@ -36,8 +44,9 @@ def normalize(x, norm: str = "l2", *, backend: str | None = None, nan_policy: st
     x : dask or NumPy array, shape (rows, features)
     norm : {"l2", "l1", "max"}
         Euclidean length, sum of absolute values, or largest absolute value. Zero rows stay zero.
-    backend : {"auto", "rust", "scipy", "numpy"}, optional
-        Defaults to the ``vecops.backend`` config value.
+    backend : {"auto", "rust", "cuda", "scipy", "numpy"}, optional
+        Defaults to the ``vecops.backend`` config value. ``auto`` takes ``cuda`` for CuPy-backed
+        arrays (results stay on the GPU) and the fastest CPU backend for NumPy-backed ones.
     nan_policy : {"raise", "omit"}, optional
         Rows holding NaN or inf raise :class:`NonFiniteError` naming the row, or (``"omit"``) come
         back as NaN. Defaults to ``vecops.nan-policy``.
@@ -56,7 +65,7 @@ def normalize(x, norm: str = "l2", *, backend: str | None = None, nan_policy: st
     """
     norm = check_choice(norm, NORMS, "norm")
     (x,) = _as_float(as_matrix(x, "x"))
-    module = _backend(backend)
+    module = _backend(backend, x)
     return graph.normalize(
         x, norm, normalize_block=module.normalize_block, nan_policy=_nan_policy(nan_policy)
     )
@@ -100,7 +109,7 @@ def similarity(
     b = a if b is None else as_matrix(b, "b")
     check_same_features(a, b, "a", "b")
     a, b = _as_float(a, b)
-    module = _backend(backend)
+    module = _backend(backend, a, b)
     return graph.similarity(
         a, b, metric, similarity_block=module.similarity_block,
         nan_policy=_nan_policy(nan_policy), names=names,
@@ -129,8 +138,9 @@ def topk(
         Chunked along rows in any way; each chunk is read once per query batch.
     metric : {"cosine", "dot", "euclidean", "manhattan"}
         Similarities rank highest first, distances lowest first.
-    backend : {"auto", "rust", "scipy", "numpy"}, optional
-        Defaults to the ``vecops.backend`` config value.
+    backend : {"auto", "rust", "cuda", "scipy", "numpy"}, optional
+        Defaults to the ``vecops.backend`` config value. ``auto`` takes ``cuda`` for CuPy-backed
+        arrays (results stay on the GPU) and the fastest CPU backend for NumPy-backed ones.
     nan_policy : {"raise", "omit"}, optional
         A row holding NaN or inf raises :class:`NonFiniteError` at compute time, naming the global
         row; with ``"omit"`` such database rows are never returned and such queries get NaN scores
@@ -166,10 +176,12 @@ def topk(
         check_same_features(q, db, "queries", "database")
         k = check_k(k, db.shape[0], "rows of the database")
     q, db = _as_float(q, db)
-    module = _backend(backend)
+    module = _backend(backend, q, db)
     split_every = int(_config.get("split-every", split_every))
+    # A GPU is parallel inside each task: splitting the queries for more tasks would only add passes.
+    db_chunks = max(db.numblocks[0], _cores()) if _on_gpu(q, db) else db.numblocks[0]
     return graph.topk(
-        _batch_queries(q, db.numblocks[0]), db, k, metric,
+        _batch_queries(q, db_chunks), db, k, metric,
         topk_block=module.topk_block, merge_topk=module.merge_topk,
         nan_policy=_nan_policy(nan_policy), self_join=self_join, split_every=split_every,
         names=("x", "x") if self_join else ("queries", "database"),

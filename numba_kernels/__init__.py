@@ -1,5 +1,8 @@
 """Numba CUDA kernels for dask-vecops' GPU backend.
 
-They know NumPy/CuPy arrays and nothing of Dask or of ``dask_vecops``. The kernels themselves
-arrive with the GPU issue; importing this package never needs a GPU, CuPy or Numba.
+They know NumPy/CuPy arrays and nothing of Dask or of ``dask_vecops``: row norms and
+normalisation, distance tiles computed from differences, and exact top-k selection per row
+(:mod:`numba_kernels.select`). :mod:`numba_kernels.launch` allocates outputs of the input's kind
+and launches them. Importing this package needs Numba; it never needs a GPU or CuPy, and under
+Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the kernels run on NumPy arrays on the CPU.
 """

@@ -5,6 +5,7 @@ Habits from flox's ``tests/__init__.py``: every optional dependency or backend g
 """
 
 import importlib
+import os
 import re
 from contextlib import contextmanager
 
@@ -64,8 +65,14 @@ has_sklearn, requires_sklearn = _importorskip("sklearn")
 has_faiss, requires_faiss = _importorskip("faiss")
 has_rust, requires_rust = _requires_backend("rust")
 has_cuda, requires_cuda = _requires_backend("cuda")
+# Numba's CUDA simulator (set by the root conftest.py where no CUDA driver is installed).
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# A real GPU with CuPy: the CUDA backend's own tests then also run on CuPy-backed arrays.
+has_gpu = has_cuda and not SIMULATOR
+requires_gpu = pytest.mark.skipif(not has_gpu, reason="needs a CUDA GPU with CuPy")
 
-# The CPU backends this machine can run (cuda takes CuPy chunks; it gets its own tests later).
+# The CPU backends (the CUDA backend has its own, smaller suite in test_cuda.py: the simulator is
+# slow).
 BACKENDS = ["numpy", "scipy"] + (["rust"] if has_rust else [])
 
 

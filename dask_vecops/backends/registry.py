@@ -58,10 +58,19 @@ def backends() -> BackendTable:
     return BackendTable(BackendInfo(n, _load(n)[0] is not None, _load(n)[1]) for n in NAMES)
 
 
-def resolve(name: str) -> ModuleType:
-    """The backend module for ``name`` ("auto" picks the first available of :data:`AUTO_ORDER`)."""
-    if name == "auto":
+def resolve(name: str, on_gpu: bool = False) -> ModuleType:
+    """The backend module for ``name`` and blocks on the GPU (CuPy) or not.
+
+    "auto" picks ``cuda`` for GPU blocks and the first available of :data:`AUTO_ORDER` otherwise.
+    """
+    if on_gpu and name not in ("auto", "cuda"):
+        raise ValueError(
+            f"backend {name!r} works on NumPy blocks, and these are CuPy (GPU) blocks: use "
+            "backend='cuda' or 'auto', or move the data to the host with x.map_blocks(cupy.asnumpy)"
+        )
+    if name == "auto" and not on_gpu:
         return _first_available()
+    name = "cuda" if on_gpu else name
     module, reason = _load(name)
     if module is None:
         raise BackendUnavailableError(f"backend {name!r} is not available here: {reason}")

@@ -6,6 +6,8 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
+from .._protocol import array_module
+
 
 def row_ids(x: da.Array) -> da.Array:
     """The global row number of each row of ``x``, chunked like its rows."""
@@ -17,13 +19,14 @@ def matrix_meta(x: da.Array, dtype) -> object:
     return meta_from_array(x, ndim=2, dtype=dtype)
 
 
-def scatter_rows(values: np.ndarray, keep: np.ndarray, n_rows: int, axis: int = 0) -> np.ndarray:
+def scatter_rows(values, keep: np.ndarray, n_rows: int, axis: int = 0):
     """``values`` computed on the kept rows, placed back among ``n_rows`` with NaN elsewhere."""
     shape = list(values.shape)
     shape[axis] = n_rows
-    out = np.full(shape, np.nan, dtype=values.dtype)
+    xp = array_module(values)
+    out = xp.full(shape, np.nan, dtype=values.dtype)
     index = [slice(None)] * values.ndim
-    index[axis] = keep
+    index[axis] = xp.asarray(keep)
     out[tuple(index)] = values
     return out
 

@@ -6,6 +6,7 @@ from functools import partial
 
 import dask.array as da
 
+from .._protocol import take_rows
 from .._validate import finite_mask
 from ._rows import matrix_meta, row_ids, scatter_rows
 
@@ -25,4 +26,4 @@ def _normalize_chunk(x, rows, *, normalize_block, norm, nan_policy, name):
     keep = finite_mask(x, rows, name, nan_policy)
     if keep is None:
         return normalize_block(x, norm)
-    return scatter_rows(normalize_block(x[keep], norm), keep, len(x))
+    return scatter_rows(normalize_block(take_rows(x, keep), norm), keep, len(x))

@@ -6,6 +6,7 @@ from functools import partial
 
 import dask.array as da
 
+from .._protocol import take_rows
 from .._validate import finite_mask
 from ._rows import matrix_meta, row_ids, scatter_rows, single_block
 
@@ -31,8 +32,8 @@ def _similarity_chunk(a, a_rows, b, b_rows, *, similarity_block, metric, nan_pol
     keep_b = finite_mask(b, b_rows, names[1], nan_policy)
     if keep_a is None and keep_b is None:
         return similarity_block(a, b, metric)
-    a_kept = a if keep_a is None else a[keep_a]
-    b_kept = b if keep_b is None else b[keep_b]
+    a_kept = a if keep_a is None else take_rows(a, keep_a)
+    b_kept = b if keep_b is None else take_rows(b, keep_b)
     out = similarity_block(a_kept, b_kept, metric)
     if keep_a is not None:
         out = scatter_rows(out, keep_a, len(a), axis=0)

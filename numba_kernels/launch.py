@@ -1,0 +1,112 @@
+"""Launchers: allocate the outputs (NumPy or CuPy, like the input), size the grid, launch.
+
+CuPy arrays are handed to the kernels without the stream synchronisation Numba does by default
+for foreign arrays, and the kernels run on CuPy's current stream, so they queue behind the CuPy
+work that made their inputs instead of waiting for the whole GPU at every launch.
+
+Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the kernels run on NumPy arrays on the
+CPU, with small blocks (each simulated thread is an OS thread) and one launch at a time (the
+simulator does not support launches from several threads at once).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from numba import config
+
+from . import norms, pairwise, select
+from ._device import DISTANCE_KINDS, NORM_KINDS
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+# Grids are as large as the data has rows; Numba's warning about small grids would only say that
+# a small search does not fill the GPU, at every launch.
+config.CUDA_LOW_OCCUPANCY_WARNINGS = False
+# Threads per block: a row's work is split among them (selection reads long score rows; norms read
+# one vector, for which one warp is enough).
+ROW_THREADS = 2 if SIMULATOR else 256
+NORM_THREADS = 2 if SIMULATOR else 32
+PAIR_TILE = 4 if SIMULATOR else 16
+_SIMULATOR_LOCK = threading.Lock()
+
+
+def array_module(x):
+    """``cupy`` for CuPy arrays, else ``numpy``."""
+    if _is_cupy(x):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _launch(kernel, grid, block, *args) -> None:
+    """``kernel[grid, block](*args)`` on CuPy's current stream (one at a time when simulated)."""
+    if SIMULATOR:
+        with _SIMULATOR_LOCK:
+            kernel[grid, block](*args)
+        return
+    import cupy
+    from numba import cuda
+
+    ptr = cupy.cuda.get_current_stream().ptr
+    stream = cuda.default_stream() if ptr == 0 else cuda.external_stream(ptr)
+    args = [cuda.as_cuda_array(a, sync=False) if _is_cupy(a) else a for a in args]
+    kernel[grid, block, stream](*args)
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def row_norms(x, norm: str):
+    """The ``norm`` ("l2", "l1", "max") of each row of ``x``, as float64."""
+    xp = array_module(x)
+    out = xp.empty(x.shape[0], dtype=np.float64)
+    if x.shape[0]:
+        _launch(norms.row_norms_kernel, x.shape[0], NORM_THREADS, x, NORM_KINDS[norm], out)
+    return out
+
+
+def normalize_rows(x, norm: str):
+    """Each row of ``x`` divided by its ``norm``; zero rows stay zero."""
+    out = array_module(x).empty_like(x)
+    if x.shape[0]:
+        _launch(norms.normalize_rows_kernel, x.shape[0], NORM_THREADS, x, NORM_KINDS[norm], out)
+    return out
+
+
+def distances(a, b, metric: str):
+    """The ``(len(a), len(b))`` matrix of euclidean or manhattan distances."""
+    out = array_module(a).empty((a.shape[0], b.shape[0]), dtype=a.dtype)
+    if out.size:
+        grid = (math.ceil(a.shape[0] / PAIR_TILE), math.ceil(b.shape[0] / PAIR_TILE))
+        _launch(pairwise.distances_kernel, grid, (PAIR_TILE, PAIR_TILE), a, b, DISTANCE_KINDS[metric], out)
+    return out
+
+
+def topk_rows(scores, k: int, larger_better: bool, exclude=None, ids=None):
+    """Best ``k`` entries of each row of ``scores``: ``(scores, ids)``, sorted, lowest id first on ties.
+
+    ids are column positions, or taken from ``ids`` (same shape as ``scores``) when given.
+    ``exclude`` holds for each row a column to leave out (-1: none). NaN scores are never chosen;
+    missing entries are padding (score NaN, id -1).
+    """
+    xp = array_module(scores)
+    scores = xp.ascontiguousarray(scores)
+    rows, cols = scores.shape
+    take = min(k, cols)
+    width = 1 << max(take - 1, 0).bit_length()
+    work = [xp.empty((rows, width), dtype=t) for t in (np.uint64, np.int64, np.int64)]
+    out = xp.empty((rows, k), dtype=scores.dtype), xp.empty((rows, k), dtype=np.int64)
+    if rows:
+        bits = scores.view(np.uint32 if scores.dtype.itemsize == 4 else np.uint64)
+        ids_arg = xp.ascontiguousarray(ids, dtype=np.int64) if ids is not None else xp.empty((1, 1), np.int64)
+        skip = xp.asarray(exclude, dtype=np.int64) if exclude is not None else xp.empty(1, np.int64)
+        kernel = select.topk_rows_kernel(8 * scores.dtype.itemsize)
+        _launch(
+            kernel, rows, ROW_THREADS, scores, bits, ids_arg, ids is not None, skip,
+            exclude is not None, larger_better, take, k, *work, *out,
+        )
+    return out
