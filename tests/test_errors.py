@@ -355,3 +355,37 @@ def test_normalize_non_finite_raises_naming_the_global_row(backend, norm, value,
         lambda: dv.normalize(Chunking("uneven")(x), norm=norm, backend=backend),
         x,
     )
+
+
+# -- the CUDA backend's reasons, whatever this machine has ---------------------------------------
+
+
+def test_cuda_unavailable_reasons_name_what_is_missing(monkeypatch):
+    import importlib.util
+
+    from dask_vecops.backends import cuda_backend
+
+    real_find_spec = importlib.util.find_spec
+    for missing in ("numba", "cupy"):
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == missing else real_find_spec(name, *a)
+        )
+        reason = (
+            cuda_backend._gpu_unavailable_reason() if missing == "cupy" else cuda_backend.unavailable_reason()
+        )
+        assert missing in reason and "dask-vecops[cuda]" in reason, reason
+    monkeypatch.undo()
+
+
+def test_cuda_unavailable_reason_reaches_the_caller(monkeypatch, good):
+    from dask_vecops.backends import cuda_backend, registry
+
+    monkeypatch.setattr(cuda_backend, "unavailable_reason", lambda: "no GPU in this test")
+    registry._load.cache_clear()
+    try:
+        assert {b.name: b.reason for b in dv.backends()}["cuda"] == "no GPU in this test"
+        with pytest.raises(dv.BackendUnavailableError, match=match_all("'cuda'", "no GPU in this test")):
+            dv.cosine_topk(good, 2, backend="cuda")
+    finally:
+        monkeypatch.undo()
+        registry._load.cache_clear()
