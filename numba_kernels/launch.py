@@ -1,5 +1,7 @@
 """Launchers: allocate the outputs (NumPy or CuPy, like the input), size the grid, launch.
 
+On a GPU, NumPy inputs are copied to the device and the results back; CuPy inputs stay there.
+
 CuPy arrays are handed to the kernels without the stream synchronisation Numba does by default
 for foreign arrays, and the kernels run on CuPy's current stream, so they queue behind the CuPy
 work that made their inputs instead of waiting for the whole GPU at every launch.
@@ -11,6 +13,7 @@ simulator does not support launches from several threads at once).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -60,8 +63,32 @@ def _is_cupy(x) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
 
+def _numpy_through_the_gpu(launcher):
+    """On a real GPU, run ``launcher`` on CuPy copies of NumPy inputs and return NumPy results."""
+
+    @functools.wraps(launcher)
+    def wrapper(x, *args, **kwargs):
+        if SIMULATOR or not isinstance(x, np.ndarray):
+            return launcher(x, *args, **kwargs)
+        import cupy
+
+        move = lambda a: cupy.asarray(a) if isinstance(a, np.ndarray) else a  # noqa: E731
+        out = launcher(move(x), *map(move, args), **{k: move(v) for k, v in kwargs.items()})
+        return tuple(o.get() for o in out) if isinstance(out, tuple) else out.get()
+
+    return wrapper
+
+
+@_numpy_through_the_gpu
 def row_norms(x, norm: str):
-    """The ``norm`` ("l2", "l1", "max") of each row of ``x``, as float64."""
+    """The ``norm`` ("l2", "l1", "max") of each row of ``x``, as float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> row_norms(np.array([[3.0, 4.0], [0.0, -2.0]], dtype=np.float32), "l2")
+    array([5., 2.])
+    """
     xp = array_module(x)
     out = xp.empty(x.shape[0], dtype=np.float64)
     if x.shape[0]:
@@ -69,16 +96,33 @@ def row_norms(x, norm: str):
     return out
 
 
+@_numpy_through_the_gpu
 def normalize_rows(x, norm: str):
-    """Each row of ``x`` divided by its ``norm``; zero rows stay zero."""
+    """Each row of ``x`` divided by its ``norm``; zero rows stay zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]]), "max")
+    array([[0.75, 1.  ],
+           [0.  , 0.  ]])
+    """
     out = array_module(x).empty_like(x)
     if x.shape[0]:
         _launch(norms.normalize_rows_kernel, x.shape[0], NORM_THREADS, x, NORM_KINDS[norm], out)
     return out
 
 
+@_numpy_through_the_gpu
 def distances(a, b, metric: str):
-    """The ``(len(a), len(b))`` matrix of euclidean or manhattan distances."""
+    """The ``(len(a), len(b))`` matrix of euclidean or manhattan distances.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> distances(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0], [1.0, 1.0]]), "manhattan")
+    array([[7., 2.]])
+    """
     out = array_module(a).empty((a.shape[0], b.shape[0]), dtype=a.dtype)
     if out.size:
         grid = (math.ceil(a.shape[0] / PAIR_TILE), math.ceil(b.shape[0] / PAIR_TILE))
@@ -86,12 +130,22 @@ def distances(a, b, metric: str):
     return out
 
 
+@_numpy_through_the_gpu
 def topk_rows(scores, k: int, larger_better: bool, exclude=None, ids=None):
     """Best ``k`` entries of each row of ``scores``: ``(scores, ids)``, sorted, lowest id first on ties.
 
     ids are column positions, or taken from ``ids`` (same shape as ``scores``) when given.
     ``exclude`` holds for each row a column to leave out (-1: none). NaN scores are never chosen;
     missing entries are padding (score NaN, id -1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scores = np.array([[0.5, 0.9, 0.5, np.nan]], dtype=np.float32)
+    >>> topk_rows(scores, 3, larger_better=True)
+    (array([[0.9, 0.5, 0.5]], dtype=float32), array([[1, 0, 2]]))
+    >>> topk_rows(scores, 3, larger_better=True, exclude=np.array([1]))
+    (array([[0.5, 0.5, nan]], dtype=float32), array([[ 0,  2, -1]]))
     """
     xp = array_module(scores)
     scores = xp.ascontiguousarray(scores)

@@ -1,11 +1,12 @@
 import os
+import sys
 import zlib
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from . import METRICS, Chunking, requires_rust
+from . import METRICS, SIMULATOR, Chunking, requires_rust
 
 # CI: few examples, no deadline (dask graphs and the first compute are slow to warm up), no
 # example database written into the repository.
@@ -41,6 +42,16 @@ def dtype(request):
 def chunking(request):
     """Uneven row chunks, one-row chunks, a split feature axis, a single chunk."""
     return Chunking(request.param)
+
+
+@pytest.fixture
+def fast_simulator():
+    """Simulated threads hand the GIL over often: ten times faster kernels in Numba's CUDA
+    simulator, where each simulated thread is an OS thread."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5 if SIMULATOR else interval)
+    yield
+    sys.setswitchinterval(interval)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ every test also runs on CuPy-backed dask arrays (``auto`` then picks ``cuda``) a
 results stay on the GPU; the tests marked ``gpu`` use sizes only a GPU runs quickly.
 """
 
-import sys
-
 import dask
 import dask.array as da
 import numpy as np
@@ -17,9 +15,7 @@ import dask_vecops as dv
 from dask_vecops import NonFiniteError
 
 from . import (
-    METRICS,
     OMIT_REMEDY,
-    SIMULATOR,
     Chunking,
     check_topk,
     exact_vectors,
@@ -30,17 +26,8 @@ from . import (
 )
 from .reference import assert_similarity_close, reference_normalize, reference_similarity, tolerance
 
-pytestmark = requires_cuda
+pytestmark = [requires_cuda, pytest.mark.usefixtures("fast_simulator")]
 N_DB, N_Q, D = 40, 6, 8
-
-
-@pytest.fixture(autouse=True)
-def fast_simulator():
-    """Simulated threads hand the GIL over often: ten times faster kernels in the simulator."""
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5 if SIMULATOR else interval)
-    yield
-    sys.setswitchinterval(interval)
 
 
 class Device:
@@ -86,16 +73,6 @@ def _cupy():
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=requires_gpu)])
 def device(request):
     return Device(request.param)
-
-
-@pytest.fixture(params=METRICS)
-def metric(request):
-    return request.param
-
-
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-    return np.dtype(request.param)
 
 
 self_join = pytest.mark.parametrize("self_join", [False, True], ids=["database", "self-join"])

@@ -10,19 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from . import SIMULATOR, has_cuda, has_gpu, requires_cuda
+from . import has_cuda, has_gpu, requires_cuda
 
 pytest.importorskip("numba")
-pytestmark = requires_cuda
-
-
-@pytest.fixture(autouse=True)
-def fast_simulator():
-    """Simulated threads hand the GIL over often: ten times faster kernels in the simulator."""
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5 if SIMULATOR else interval)
-    yield
-    sys.setswitchinterval(interval)
+pytestmark = [requires_cuda, pytest.mark.usefixtures("fast_simulator")]
 
 
 class OnDevice:
