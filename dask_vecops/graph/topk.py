@@ -1,23 +1,30 @@
 """Top-k search: a task per (query batch, database chunk), then a tree of merges over the database.
 
 Each pair task returns the best k of its database chunk for every query of its batch, with global
-ids; ``dask.array.reduction`` merges ``split_every`` partial results at a time (as ``da.argtopk``
-does) and the last merge packs scores and ids side by side into one float64 array (exact for
-float32/float64 scores and for ids below 2**53), split lazily into the two results. Blocks may be
-NumPy or CuPy arrays; CuPy results stay on the GPU.
+ids; merge tasks combine ``split_every`` partial results at a time (the same tree as
+``dask.array.reduction``, which ``da.argtopk`` uses), and the last merge of each query batch
+returns its ``(scores, ids)``, picked out by one small task per result. The graph is written
+directly (one layer of pair tasks, the merge tree, two picks per query batch) rather than with
+``blockwise`` and ``reduction``: a search of a few queries takes about as long as reading the
+database once, so the fixed cost of building, optimising and scheduling the graph counts.
+Blocks may be NumPy or CuPy arrays; CuPy results stay on the GPU.
 """
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
+import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from .._protocol import array_module, take_rows
 from .._validate import finite_mask
 from ._norm_cache import NORM_CACHE
-from ._rows import matrix_meta, row_ids, single_block
+from ._rows import matrix_meta
 
 
 def topk(
@@ -39,32 +46,85 @@ def topk(
     With ``self_join`` the rows of ``q`` are the rows of ``db`` and each query skips itself.
     Up to ``norm_cache_bytes`` of database norms are kept per process for later searches.
     """
+    q = q.rechunk({1: -1}) if q.numblocks[1] > 1 else q
+    db = db.rechunk({1: -1}) if db.numblocks[1] > 1 else db
+    split_every = _split_every(split_every)
+    token = tokenize(
+        q.name, db.name, k, metric, nan_policy, self_join, split_every, names, norm_cache_bytes,
+        _function_token(topk_block), _function_token(merge_topk),
+    )
+    pair_name, merge_name = f"vecops-topk-{token}", f"vecops-topk-merge-{token}"
+    score_name, id_name = f"vecops-topk-scores-{token}", f"vecops-topk-ids-{token}"
     pair = partial(
         _topk_pair, topk_block=topk_block, k=k, metric=metric,
         nan_policy=nan_policy, self_join=self_join, names=names,
         db_name=db.name, norm_cache_bytes=norm_cache_bytes,
     )
-    candidates = da.blockwise(
-        pair, "ij", q, "ik", row_ids(q), "i", db, "jk", row_ids(db), "j",
-        dtype=object, meta=np.empty((0, 0), dtype=object), concatenate=False, token="vecops-topk",
+    merge = partial(_merge, merge_topk=merge_topk, k=k, metric=metric)
+    q_starts, db_starts = _starts(q.chunks[0]), _starts(db.chunks[0])
+    tasks, picks = {}, {score_name: {}, id_name: {}}
+    for i, (q0, q1) in enumerate(q_starts):
+        parts = []
+        for j, (d0, d1) in enumerate(db_starts):
+            key = (pair_name, i, j)
+            tasks[key] = (pair, (q.name, i, 0), q0, q1, (db.name, j, 0), d0, d1)
+            parts.append(key)
+        level = 0
+        while len(parts) > split_every:  # dask's reduction tree: its depth and its groups
+            groups = [parts[s : s + split_every] for s in range(0, len(parts), split_every)]
+            parts = [(f"{merge_name}-{level}", i, g) for g in range(len(groups))]
+            tasks.update((key, (merge, group)) for key, group in zip(parts, groups))
+            level += 1
+        tasks[(merge_name, i)] = (merge, parts)
+        picks[score_name][(score_name, i, 0)] = (_pick, (merge_name, i), 0, q.dtype)
+        picks[id_name][(id_name, i, 0)] = (_pick, (merge_name, i), 1, np.int64)
+    searched = HighLevelGraph.from_collections(
+        pair_name, tasks, dependencies=[q] if q is db else [q, db]
     )
-    packed = da.reduction(
-        candidates,
-        chunk=_as_candidates,
-        combine=partial(_merge_chunk, merge_topk=merge_topk, k=k, metric=metric),
-        aggregate=partial(_merge_aggregate, merge_topk=merge_topk, k=k, metric=metric),
-        axis=1, keepdims=True, output_size=2 * k, concatenate=False, split_every=split_every,
-        dtype=np.float64, meta=matrix_meta(q, np.float64), name="vecops-topk-merge",
-    )
-    return packed[:, :k].astype(q.dtype), packed[:, k:].astype(np.int64)
+
+    def result(name, dtype):
+        graph = HighLevelGraph(
+            {**searched.layers, name: picks[name]},
+            {**searched.dependencies, name: {pair_name}},
+        )
+        return da.Array(graph, name, (q.chunks[0], (k,)), meta=matrix_meta(q, dtype))
+
+    return result(score_name, q.dtype), result(id_name, np.int64)
+
+
+def _split_every(split_every) -> int:
+    """Partial results per merge, normalised as ``dask.array.reduction`` does for one axis."""
+    split_every = split_every or dask.config.get("split_every", 4)
+    if isinstance(split_every, dict):
+        split_every = split_every.get(1, 2)
+    return max(int(split_every), 2)
+
+
+def _starts(chunks) -> list[tuple[int, int]]:
+    """``(first row, end row)`` of each chunk."""
+    ends = np.cumsum(chunks).tolist()
+    return [(end - size, end) for size, end in zip(chunks, ends)]
+
+
+def _function_token(f) -> object:
+    """A deterministic token of a backend function: its name for module-level functions (cheap),
+    else dask's own token (which pickles it)."""
+    if inspect.isfunction(f) and "<" not in f.__qualname__:
+        return f"{f.__module__}.{f.__qualname__}"
+    return tokenize(f)
+
+
+def _pick(result, index, dtype):
+    """One of the final merge's ``(scores, ids)``, in the result's dtype."""
+    return result[index].astype(dtype, copy=False)
 
 
 def _topk_pair(
-    q, q_rows, db, db_rows, *, topk_block, k, metric, nan_policy, self_join, names,
+    q, q0, q1, db, d0, d1, *, topk_block, k, metric, nan_policy, self_join, names,
     db_name, norm_cache_bytes,
 ):
-    """Chunk function of topk: best k of one database chunk for one query batch, global ids."""
-    q, db = single_block(q), single_block(db)
+    """Pair task of topk: best k of database rows ``d0:d1`` for query rows ``q0:q1``, global ids."""
+    q_rows, db_rows = np.arange(q0, q1, dtype=np.int64), np.arange(d0, d1, dtype=np.int64)
     keep_q = finite_mask(q, q_rows, names[0], nan_policy)
     if keep_q is not None:
         q, q_rows = take_rows(q, keep_q), q_rows[keep_q]
@@ -124,25 +184,6 @@ def _local_positions(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(found, pos, -1)
 
 
-def _as_candidates(pair, axis, keepdims):
-    """Chunk function of the reduction: the pair task already selected its candidates."""
-    return pair
-
-
-def _flat(parts) -> list:
-    """The (scores, ids) tuples of a possibly nested list of reduction inputs."""
-    if isinstance(parts, tuple):
-        return [parts]
-    return [p for part in parts for p in _flat(part)]
-
-
-def _merge_chunk(parts, axis, keepdims, *, merge_topk, k, metric):
-    """Combine function of topk: best k of several partial results."""
-    parts = _flat(parts)
+def _merge(parts, *, merge_topk, k, metric):
+    """Merge task of topk: best k of several partial ``(scores, ids)`` results."""
     return merge_topk([p[0] for p in parts], [p[1] for p in parts], k, metric)
-
-
-def _merge_aggregate(parts, axis, keepdims, *, merge_topk, k, metric):
-    """Aggregate function of topk: the final merge, scores then ids packed in one float64 array."""
-    scores, ids = _merge_chunk(parts, axis, keepdims, merge_topk=merge_topk, k=k, metric=metric)
-    return array_module(scores).concatenate([scores, ids], axis=1, dtype=np.float64)
