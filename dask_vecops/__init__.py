@@ -5,10 +5,14 @@
 True
 """
 
+import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import BackendUnavailableError, NonFiniteError
 from .api import backends, cosine_topk, normalize, similarity, topk
+
+if importlib.util.find_spec("xarray") is not None:
+    from . import xarray as _xarray  # noqa: F401  (registers the DataArray.vecops accessor)
 
 try:
     __version__ = version("dask-vecops")
