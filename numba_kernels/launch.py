@@ -35,6 +35,39 @@ PAIR_TILE = 4 if SIMULATOR else 16
 _SIMULATOR_LOCK = threading.Lock()
 
 
+def _share_simulated_shared_arrays() -> None:
+    """Make the simulator give every thread of a block the same shared array.
+
+    The simulator (numba-cuda 0.30) allocates a block's shared array on the first thread's call
+    with a check-then-insert on a dict; two threads can both miss and each get its own array, so a
+    block's threads silently stop sharing memory (seen here about once in ten test runs, as a
+    duplicated top-k id). The same lookup, under a lock.
+    """
+    import sys
+    import traceback
+
+    from numba.cuda.simulator import kernelapi
+
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        assert shape != 0 and alignment is None, "our kernels use static shared arrays only"
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]
+        with lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                if isinstance(dtype, kernelapi.types.Type):
+                    dtype = kernelapi.numpy_support.as_dtype(dtype)
+                found = self._allocations[caller] = np.empty(shape, dtype)
+        return found
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+if SIMULATOR:
+    _share_simulated_shared_arrays()
+
+
 def array_module(x):
     """``cupy`` for CuPy arrays, else ``numpy``."""
     if _is_cupy(x):
