@@ -33,3 +33,18 @@ def bytes_value(key: str, value=None) -> int:
 
     size = get(key, value)
     return int(parse_bytes(size)) if isinstance(size, str) else int(size)
+
+
+def memory_budget(value=None) -> int:
+    """``vecops.memory-budget`` in bytes; ``"auto"`` is twice Dask's ``array.chunk-size``.
+
+    >>> import dask
+    >>> with dask.config.set({"vecops.memory-budget": "auto", "array.chunk-size": "64MiB"}):
+    ...     memory_budget() == 128 * 2**20
+    True
+    """
+    from dask.utils import parse_bytes
+
+    if get("memory-budget", value) == "auto":
+        return 2 * int(parse_bytes(dask.config.get("array.chunk-size")))
+    return bytes_value("memory-budget", value)

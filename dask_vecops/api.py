@@ -214,7 +214,7 @@ def _batch_queries(q: da.Array, db_chunks: int) -> da.Array:
     gets a (batch, chunk) task.
     """
     row_bytes = max(1, q.shape[1] * q.dtype.itemsize)
-    rows = max(1, _config.bytes_value("memory-budget") // row_bytes)
+    rows = max(1, _config.memory_budget() // row_bytes)
     cores_short = -(-_cores() // db_chunks)
     rows = min(rows, max(_MIN_BATCH_ROWS, -(-q.shape[0] // cores_short)))
     if q.shape[0] <= rows:
@@ -227,10 +227,26 @@ _MIN_BATCH_ROWS = 256
 
 
 def _cores() -> int:
-    """The threads Dask's local scheduler will use."""
+    """The threads that will run the tasks: a default distributed client's, else the local ones."""
     from dask.system import CPU_COUNT
 
-    return int(dask.config.get("num_workers", None) or CPU_COUNT)
+    return _cluster_threads() or int(dask.config.get("num_workers", None) or CPU_COUNT)
+
+
+def _cluster_threads() -> int | None:
+    """Total worker threads of the default distributed client, if there is one."""
+    import sys
+
+    if "distributed" not in sys.modules:  # no client can exist without it: do not import it
+        return None
+    try:
+        client = sys.modules["distributed"].default_client()
+    except ValueError:
+        return None
+    if client.status != "running":
+        return None
+    # An asynchronous client answers from its cache here; a synchronous one asks the scheduler.
+    return client.scheduler_info(n_workers=0).get("total_threads") or None
 
 
 def backends():

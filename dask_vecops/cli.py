@@ -1,5 +1,9 @@
 """The ``dask-vecops`` command (also ``python -m dask_vecops``).
 
+``dask-vecops topk`` searches a database store (zarr or ``.npy``, larger than memory if need be)
+for the queries of another and writes scores, ids and labels to a zarr store, all or nothing
+(:mod:`dask_vecops.stores`), on the local threaded scheduler or on a cluster (``--scheduler``).
+
 ``dask-vecops demo`` runs the main job on an embedded default: a local Dask scheduler, generated
 clustered embeddings, :func:`dask_vecops.cosine_topk` with a progress bar, and a check of a sample
 of rows against a float64 NumPy reference.
@@ -8,13 +12,20 @@ of rows against a float64 NumPy reference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
 import numpy as np
 
-from . import api
+from . import api, stores
+from ._errors import BackendUnavailableError
+from ._protocol import METRICS
 from .datasets import clustered_embeddings
+
+# Failures the user can fix (a path, a size, an address, the data): one line on stderr, no
+# traceback. NonFiniteError is a ValueError; other exceptions are bugs and keep their traceback.
+_USER_ERRORS = (OSError, ValueError, BackendUnavailableError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +46,116 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default=None, help="auto | rust | scipy | numpy")
     demo.add_argument("--check-rows", type=int, default=20, help="rows checked against float64")
     demo.set_defaults(run=_demo)
+    _add_topk(commands)
     return parser
+
+
+def _add_topk(commands) -> None:
+    topk = commands.add_parser(
+        "topk", help="exact top-k of query embeddings in a database store, written to a zarr store",
+        description="Search every row of --queries among the rows of --database (zarr or .npy "
+        "stores, streamed chunk by chunk) and write scores, ids and labels to the zarr group "
+        "--out, which appears only once complete.",
+    )
+    topk.add_argument("--database", required=True, metavar="STORE", help="zarr array/group or .npy")
+    topk.add_argument("--queries", required=True, metavar="FILE", help="zarr array/group or .npy")
+    topk.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    topk.add_argument("--out", required=True, metavar="STORE", help="zarr group to create")
+    topk.add_argument("--metric", default="cosine", choices=METRICS, help="default cosine")
+    topk.add_argument("--labels", metavar="PATH",
+                      help="row labels: zarr, .npy or text (one per line); default: the "
+                      "database group's 'labels' array, if any")
+    topk.add_argument("--backend", default=None, help="auto | rust | scipy | numpy")
+    topk.add_argument("--scheduler", metavar="ADDRESS",
+                      help="a distributed scheduler (tcp://host:8786); default: local threads")
+    topk.add_argument("--connect-timeout", default="5s", help="for --scheduler (default 5s)")
+    topk.add_argument("--memory-limit", type=_size, metavar="SIZE",
+                      help="the largest query batch (vecops.memory-budget), e.g. 2GiB")
+    topk.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    topk.add_argument("--quiet", action="store_true", help="no progress bar")
+    topk.set_defaults(run=_topk)
+
+
+def _size(text: str) -> str:
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 2GiB or 500MB)") from error
+    return text
+
+
+def _topk(args) -> int:
+    """The topk command: search, write all or nothing; a user's error is one line on stderr."""
+    try:
+        with _compute_on(args.scheduler, args.connect_timeout, args.quiet) as compute:
+            out = _search_and_write(args, compute)
+    except _USER_ERRORS as error:
+        print(f"dask-vecops topk: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dask-vecops topk: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    print(f"wrote the {args.k} best rows of {args.database} for each query of {args.queries} "
+          f"to {out}")
+    return 0
+
+
+def _search_and_write(args, compute):
+    import dask
+
+    budget = {"vecops.memory-budget": args.memory_limit} if args.memory_limit else {}
+    with dask.config.set(budget):
+        found = stores.search(args.database, args.queries, args.k, labels=args.labels,
+                              metric=args.metric, backend=args.backend)
+    attrs = {"k": args.k, "metric": args.metric, "database": str(args.database),
+             "queries": str(args.queries)}
+    return stores.write_results(args.out, found, overwrite=args.overwrite, attrs=attrs,
+                                compute=compute)
+
+
+@contextlib.contextmanager
+def _compute_on(address, timeout, quiet):
+    """A compute function: local threads with Dask's ProgressBar, or a cluster with its progress.
+
+    Progress goes to stderr. The cluster's client is the default one while the graph is built,
+    so that query batching sees the cluster's threads.
+    """
+    if address is None:
+        yield _local_compute(quiet)
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except OSError as error:
+        message = f"cannot reach the Dask scheduler at {address} within {timeout}: {error}"
+        raise OSError(message) from error
+    with client:
+        yield lambda *writes: _cluster_compute(client, writes, quiet)
+
+
+def _local_compute(quiet):
+    import dask
+    from dask.diagnostics import ProgressBar
+
+    def compute(*writes):
+        with contextlib.nullcontext() if quiet else ProgressBar(out=sys.stderr):
+            return dask.compute(*writes, scheduler="threads")
+
+    return compute
+
+
+def _cluster_compute(client, writes, quiet):
+    from distributed import progress
+
+    futures = client.compute(list(writes))
+    if not quiet:
+        with contextlib.redirect_stdout(sys.stderr):
+            progress(futures)
+        print(file=sys.stderr)
+    return client.gather(futures)
 
 
 def _demo(args) -> int:

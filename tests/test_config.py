@@ -23,7 +23,7 @@ def test_defaults():
     assert dask.config.get("vecops.backend") == "auto"
     assert dask.config.get("vecops.nan-policy") == "raise"
     assert dask.config.get("vecops.split-every") == 8
-    assert dask.config.get("vecops.memory-budget") == "256MiB"
+    assert dask.config.get("vecops.memory-budget") == "auto"
 
 
 # -- backends() -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
+from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
 from .._protocol import array_module, take_rows
@@ -61,26 +62,19 @@ def topk(
         db_name=db.name, norm_cache_bytes=norm_cache_bytes,
     )
     merge = partial(_merge, merge_topk=merge_topk, k=k, metric=metric)
-    q_starts, db_starts = _starts(q.chunks[0]), _starts(db.chunks[0])
+    databases = _database_per_batch(db, q.numblocks[0])
     tasks, picks = {}, {score_name: {}, id_name: {}}
-    for i, (q0, q1) in enumerate(q_starts):
-        parts = []
-        for j, (d0, d1) in enumerate(db_starts):
-            key = (pair_name, i, j)
-            tasks[key] = (pair, (q.name, i, 0), q0, q1, (db.name, j, 0), d0, d1)
-            parts.append(key)
-        level = 0
-        while len(parts) > split_every:  # dask's reduction tree: its depth and its groups
-            groups = [parts[s : s + split_every] for s in range(0, len(parts), split_every)]
-            parts = [(f"{merge_name}-{level}", i, g) for g in range(len(groups))]
-            tasks.update((key, (merge, group)) for key, group in zip(parts, groups))
-            level += 1
-        tasks[(merge_name, i)] = (merge, parts)
+    for i, (q0, q1) in enumerate(_starts(q.chunks[0])):
+        pairs = {
+            (pair_name, i, j): (pair, (q.name, i, 0), q0, q1, (databases[i].name, j, 0), d0, d1)
+            for j, (d0, d1) in enumerate(_starts(db.chunks[0]))
+        }
+        tasks.update(pairs)
+        tasks.update(_merge_tree(merge, list(pairs), (merge_name, i), split_every))
         picks[score_name][(score_name, i, 0)] = (_pick, (merge_name, i), 0, q.dtype)
         picks[id_name][(id_name, i, 0)] = (_pick, (merge_name, i), 1, np.int64)
-    searched = HighLevelGraph.from_collections(
-        pair_name, tasks, dependencies=[q] if q is db else [q, db]
-    )
+    inputs = {c.name: c for c in (q, *databases)}  # q is db in a self-join of one batch
+    searched = HighLevelGraph.from_collections(pair_name, tasks, dependencies=list(inputs.values()))
 
     def result(name, dtype):
         graph = HighLevelGraph(
@@ -90,6 +84,34 @@ def topk(
         return da.Array(graph, name, (q.chunks[0], (k,)), meta=matrix_meta(q, dtype))
 
     return result(score_name, q.dtype), result(id_name, np.int64)
+
+
+def _database_per_batch(db: da.Array, batches: int) -> list[da.Array]:
+    """The database each query batch reads: its own copy of the reads when there are several.
+
+    With one shared read task per chunk, Dask's order runs batch after batch and every chunk stays
+    in memory until the last batch has used it; cloned reads are released chunk by chunk. Each
+    chunk is read once per batch either way. (The norm cache keys on the original name.)
+    """
+    if batches == 1:
+        return [db]
+    return [db, *(clone(db, seed=i) for i in range(1, batches))]
+
+
+def _merge_tree(merge, parts: list, final: tuple, split_every: int) -> dict:
+    """Merge tasks reducing ``parts`` to the key ``final``, ``split_every`` at a time.
+
+    The tree of ``dask.array.reduction``: the same depth and the same groups.
+    """
+    name, batch = final
+    tasks, level = {}, 0
+    while len(parts) > split_every:
+        groups = [parts[s : s + split_every] for s in range(0, len(parts), split_every)]
+        parts = [(f"{name}-{level}", batch, g) for g in range(len(groups))]
+        tasks.update((key, (merge, group)) for key, group in zip(parts, groups, strict=True))
+        level += 1
+    tasks[final] = (merge, parts)
+    return tasks
 
 
 def _split_every(split_every) -> int:
