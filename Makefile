@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # pip's wheel cache and cargo's target/ make repeated builds incremental.
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find rust_ufuncs -name '*.rs')
 
-.PHONY: demo test build venv rust-test lint-imports pytest bench clean
+.PHONY: demo test build venv rust-test lint-imports pytest bench docs clean
 
 demo: build
 	$(PY) -m dask_vecops demo
@@ -43,6 +43,10 @@ pytest: build
 bench: build
 	$(PIP) install -q faiss-cpu scikit-learn simsimd threadpoolctl
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_topk.py
+
+# The documentation site (docs/, Sphinx + MyST), warnings as errors; open docs/_build/html/index.html.
+docs: build
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) target dask_vecops/*.so

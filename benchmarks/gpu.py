@@ -41,7 +41,7 @@ def main() -> None:
     )
     props = cupy.cuda.runtime.getDeviceProperties(0)
     header = {
-        "gpu": props["name"].decode(), "rows": args.rows, "features": args.features,
+        "gpu": props["name"].decode(), "database_rows": args.rows, "features": args.features,
         "queries": args.queries, "chunk_rows": args.chunk_rows, "cupy": cupy.__version__,
         "dask": dask.__version__,
     }

@@ -33,10 +33,25 @@ class BackendTable(list):
     """The list of :class:`BackendInfo` that ``dv.backends()`` returns, shown as a table."""
 
     def __repr__(self) -> str:
-        width = max(len(b.name) for b in self)
+        width = max(len("backend"), *(len(b.name) for b in self))
         lines = [f"{'backend':<{width}}  available  reason"]
         lines += [f"{b.name:<{width}}  {'yes' if b.available else 'no':<9}  {b.reason}" for b in self]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The same table as HTML, for Jupyter (names and reasons escaped)."""
+        from html import escape
+
+        rows = "".join(
+            f"<tr><td><code>{escape(b.name)}</code></td><td>{'yes' if b.available else 'no'}</td>"
+            f"<td>{escape(b.reason)}</td></tr>"
+            for b in self
+        )
+        return (
+            '<table class="dask-vecops-backends">'
+            "<thead><tr><th>backend</th><th>available</th><th>reason</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
 
 
 @functools.cache
