@@ -9,6 +9,7 @@ import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import BackendUnavailableError, NonFiniteError
+from ._metrics import metrics
 from .api import backends, cosine_topk, normalize, similarity, topk
 
 if importlib.util.find_spec("xarray") is not None:
@@ -34,6 +35,7 @@ __all__ = [
     "NonFiniteError",
     "backends",
     "cosine_topk",
+    "metrics",
     "normalize",
     "similarity",
     "topk",

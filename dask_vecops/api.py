@@ -16,10 +16,19 @@ from ._validate import as_matrix, check_choice, check_k, check_same_features, fl
 from .backends import registry
 
 
-def _backend(name, *arrays: da.Array):
-    """The backend module for the ``backend`` option and the kind of blocks (NumPy or CuPy)."""
+def _backend(name, *arrays: da.Array, operation: str):
+    """The backend module for the ``backend`` option and the kind of blocks (NumPy or CuPy).
+
+    ``auto`` may follow ``vecops.calibration`` for the operation, the dtype and the shape of the
+    largest block of the last array (the database, ``b``, or ``x``).
+    """
     name = check_choice(_config.get("backend", name), registry.CHOICES, "backend")
-    return registry.resolve(name, on_gpu=_on_gpu(*arrays))
+    last = arrays[-1]
+    block_shape = (max(last.chunks[0], default=0), last.shape[1])
+    return registry.resolve(
+        name, on_gpu=_on_gpu(*arrays), operation=operation, dtype=last.dtype,
+        block_shape=block_shape, calibration=_config.get("calibration"),
+    )
 
 
 def _on_gpu(*arrays: da.Array) -> bool:
@@ -65,7 +74,7 @@ def normalize(x, norm: str = "l2", *, backend: str | None = None, nan_policy: st
     """
     norm = check_choice(norm, NORMS, "norm")
     (x,) = _as_float(as_matrix(x, "x"))
-    module = _backend(backend, x)
+    module = _backend(backend, x, operation="normalize")
     return graph.normalize(
         x, norm, normalize_block=module.normalize_block, nan_policy=_nan_policy(nan_policy)
     )
@@ -109,7 +118,7 @@ def similarity(
     b = a if b is None else as_matrix(b, "b")
     check_same_features(a, b, "a", "b")
     a, b = _as_float(a, b)
-    module = _backend(backend, a, b)
+    module = _backend(backend, a, b, operation="similarity")
     return graph.similarity(
         a, b, metric, similarity_block=module.similarity_block,
         nan_policy=_nan_policy(nan_policy), names=names,
@@ -176,7 +185,7 @@ def topk(
         check_same_features(q, db, "queries", "database")
         k = check_k(k, db.shape[0], "rows of the database")
     q, db = _as_float(q, db)
-    module = _backend(backend, q, db)
+    module = _backend(backend, q, db, operation="topk")
     split_every = int(_config.get("split-every", split_every))
     # A GPU is parallel inside each task: splitting the queries for more tasks would only add passes.
     db_chunks = max(db.numblocks[0], _cores()) if _on_gpu(q, db) else db.numblocks[0]

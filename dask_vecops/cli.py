@@ -47,7 +47,54 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--check-rows", type=int, default=20, help="rows checked against float64")
     demo.set_defaults(run=_demo)
     _add_topk(commands)
+    info = commands.add_parser(
+        "info", help="versions, CPU and GPU state, backends and the effective configuration",
+        description="Versions, the CPU's SIMD features, the GPU / CUDA state, each backend's "
+        "availability with its reason, and each vecops.* setting with where it came from.",
+    )
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(run=_info)
+    bench = commands.add_parser(
+        "bench", help="time every available backend; optionally calibrate backend='auto'",
+        description="Time each available backend on each operation over a grid of block shapes "
+        "and dtypes, print a table, and optionally save the fastest backend per operation, "
+        "dtype and block-shape bucket as vecops.calibration in Dask's config directory.",
+    )
+    bench.add_argument("--quick", action="store_true", help="a tiny grid (a few seconds)")
+    bench.add_argument("--json", metavar="FILE", help="also write the timings as JSON to FILE")
+    bench.add_argument("--save", action="store_true",
+                       help="write vecops-calibration.yaml to Dask's config directory "
+                       "(dask.config.PATH; DASK_CONFIG sets it), which backend='auto' then follows")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(run=_bench)
     return parser
+
+
+def _info(args) -> int:
+    import json
+
+    from . import info
+
+    report = info.collect()
+    print(json.dumps(report, indent=2, default=str) if args.json else info.format_text(report))
+    return 0
+
+
+def _bench(args) -> int:
+    import json
+
+    from . import bench
+
+    results = bench.run(quick=args.quick, progress=not args.quiet)
+    print(bench.format_table(results))
+    table = bench.calibration(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "calibration": table}, f, indent=2)
+        print(f"wrote the timings to {args.json}")
+    if args.save:
+        print(f"wrote the calibration to {bench.save(table)}")
+    return 0
 
 
 def _add_topk(commands) -> None:

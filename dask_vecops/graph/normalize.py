@@ -6,6 +6,7 @@ from functools import partial
 
 import dask.array as da
 
+from .. import _metrics
 from .._protocol import take_rows
 from .._validate import finite_mask
 from ._rows import matrix_meta, row_ids, scatter_rows
@@ -14,7 +15,8 @@ from ._rows import matrix_meta, row_ids, scatter_rows
 def normalize(x: da.Array, norm: str, *, normalize_block, nan_policy: str, name: str = "x") -> da.Array:
     """Lazily divide each row of ``x`` (one chunk along features) by its ``norm``."""
     chunk = partial(
-        _normalize_chunk, normalize_block=normalize_block, norm=norm, nan_policy=nan_policy, name=name
+        _normalize_chunk, normalize_block=normalize_block, norm=norm, nan_policy=nan_policy, name=name,
+        backend=_metrics.backend_name(normalize_block),
     )
     return da.blockwise(
         chunk, "ij", x, "ij", row_ids(x), "i",
@@ -22,8 +24,10 @@ def normalize(x: da.Array, norm: str, *, normalize_block, nan_policy: str, name:
     )
 
 
-def _normalize_chunk(x, rows, *, normalize_block, norm, nan_policy, name):
+def _normalize_chunk(x, rows, *, normalize_block, norm, nan_policy, name, backend):
     keep = finite_mask(x, rows, name, nan_policy)
-    if keep is None:
-        return normalize_block(x, norm)
-    return scatter_rows(normalize_block(take_rows(x, keep), norm), keep, len(x))
+    kept = x if keep is None else take_rows(x, keep)
+    start = _metrics.clock()
+    out = normalize_block(kept, norm)
+    _metrics.record("normalize", backend, len(x), _metrics.clock() - start)
+    return out if keep is None else scatter_rows(out, keep, len(x))

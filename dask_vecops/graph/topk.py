@@ -22,6 +22,7 @@ from dask.base import tokenize
 from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
+from .. import _metrics
 from .._protocol import array_module, take_rows
 from .._validate import finite_mask
 from ._norm_cache import NORM_CACHE
@@ -56,12 +57,13 @@ def topk(
     )
     pair_name, merge_name = f"vecops-topk-{token}", f"vecops-topk-merge-{token}"
     score_name, id_name = f"vecops-topk-scores-{token}", f"vecops-topk-ids-{token}"
+    backend = _metrics.backend_name(topk_block)  # the merge is the same backend's
     pair = partial(
         _topk_pair, topk_block=topk_block, k=k, metric=metric,
         nan_policy=nan_policy, self_join=self_join, names=names,
-        db_name=db.name, norm_cache_bytes=norm_cache_bytes,
+        db_name=db.name, norm_cache_bytes=norm_cache_bytes, backend=backend,
     )
-    merge = partial(_merge, merge_topk=merge_topk, k=k, metric=metric)
+    merge = partial(_merge, merge_topk=merge_topk, k=k, metric=metric, backend=backend)
     databases = _database_per_batch(db, q.numblocks[0])
     tasks, picks = {}, {score_name: {}, id_name: {}}
     for i, (q0, q1) in enumerate(_starts(q.chunks[0])):
@@ -143,9 +145,12 @@ def _pick(result, index, dtype):
 
 def _topk_pair(
     q, q0, q1, db, d0, d1, *, topk_block, k, metric, nan_policy, self_join, names,
-    db_name, norm_cache_bytes,
+    db_name, norm_cache_bytes, backend,
 ):
-    """Pair task of topk: best k of database rows ``d0:d1`` for query rows ``q0:q1``, global ids."""
+    """Pair task of topk: best k of database rows ``d0:d1`` for query rows ``q0:q1``, global ids.
+
+    Counted as one ``topk`` block of ``d1 - d0`` database rows, timed over the backend's calls.
+    """
     q_rows, db_rows = np.arange(q0, q1, dtype=np.int64), np.arange(d0, d1, dtype=np.int64)
     keep_q = finite_mask(q, q_rows, names[0], nan_policy)
     if keep_q is not None:
@@ -153,27 +158,32 @@ def _topk_pair(
     search = partial(_search, topk_block, q, q_rows, k=k, metric=metric, self_join=self_join)
     key = (db_name, int(db_rows[0]), len(db_rows)) if len(db_rows) and norm_cache_bytes else None
     norms = NORM_CACHE.get(key) if key else None
+    seconds = 0.0
     if metric == "cosine" and norms is None:
         # The norms the kernel computes tell whether every row is finite, sparing a pass.
-        scores, ids, norms = search(db, db_rows)
+        scores, ids, norms, seconds = search(db, db_rows)
         if norms is not None and bool(array_module(norms).isfinite(norms).all()):
             if key:
                 NORM_CACHE.put(key, norms, norm_cache_bytes)
+            _metrics.record("topk", backend, d1 - d0, seconds)
             return _with_all_queries(scores, ids, keep_q)
         norms = None
     if norms is None:  # cached norms were made from finite rows only
         keep_db = finite_mask(db, db_rows, names[1], nan_policy)
         if keep_db is not None:
             db, db_rows = take_rows(db, keep_db), db_rows[keep_db]
-    scores, ids, _ = search(db, db_rows, db_norms=norms)
+    scores, ids, _, more_seconds = search(db, db_rows, db_norms=norms)
+    _metrics.record("topk", backend, d1 - d0, seconds + more_seconds)
     return _with_all_queries(scores, ids, keep_q)
 
 
 def _search(topk_block, q, q_rows, db, db_rows, *, k, metric, self_join, db_norms=None):
-    """The backend's top-k of one pair of blocks, with global database ids."""
+    """The backend's top-k of one pair of blocks, with global database ids, and its seconds."""
     exclude = _local_positions(q_rows, db_rows) if self_join else None
+    start = _metrics.clock()
     scores, local, norms = topk_block(q, db, k, metric, exclude, db_norms)
-    return scores, _global_ids(local, db_rows), norms
+    seconds = _metrics.clock() - start
+    return scores, _global_ids(local, db_rows), norms, seconds
 
 
 def _global_ids(local, db_rows: np.ndarray):
@@ -206,6 +216,9 @@ def _local_positions(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(found, pos, -1)
 
 
-def _merge(parts, *, merge_topk, k, metric):
+def _merge(parts, *, merge_topk, k, metric, backend):
     """Merge task of topk: best k of several partial ``(scores, ids)`` results."""
-    return merge_topk([p[0] for p in parts], [p[1] for p in parts], k, metric)
+    start = _metrics.clock()
+    merged = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, metric)
+    _metrics.record("topk-merge", backend, len(parts[0][0]), _metrics.clock() - start)
+    return merged
