@@ -33,7 +33,7 @@ REPEATS = 20
 MIN_REPEATS = 5  # BLAS thread pools wake up slowly now and then: the best of several calls
 
 
-def cpu_backends() -> list[str]:
+def backends_to_time() -> list[str]:
     """The available backends to time: cuda only with a real GPU (not Numba's simulator)."""
     names = []
     for info in registry.backends():
@@ -62,7 +62,7 @@ def run(quick: bool = False, backends: list[str] | None = None, progress: bool =
     A text progress bar goes to ``out`` (default stderr) unless ``progress`` is false.
     """
     out = sys.stderr if out is None else out
-    backends = cpu_backends() if backends is None else backends
+    backends = backends_to_time() if backends is None else backends
     grid = QUICK_GRID if quick else GRID
     seconds = QUICK_SECONDS if quick else FULL_SECONDS
     todo = [(c, b) for c in cases(grid) for b in backends]

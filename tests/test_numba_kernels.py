@@ -10,34 +10,18 @@ import textwrap
 import numpy as np
 import pytest
 
-from . import has_cuda, has_gpu, requires_cuda
+from . import has_cuda, requires_cuda
 
 pytest.importorskip("numba")
 pytestmark = [requires_cuda, pytest.mark.usefixtures("fast_simulator")]
 
 
-class OnDevice:
-    """The launchers with NumPy in and out: on a GPU the arrays go over as CuPy arrays."""
-
-    def __getattr__(self, name):
-        from numba_kernels import launch
-
-        function = getattr(launch, name)
-        if not has_gpu:
-            return function
-        import cupy
-
-        def on_gpu(*args, **kwargs):
-            move = lambda a: cupy.asarray(a) if isinstance(a, np.ndarray) else a  # noqa: E731
-            out = function(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
-            return tuple(o.get() for o in out) if isinstance(out, tuple) else out.get()
-
-        return on_gpu
-
-
 @pytest.fixture
 def launch():
-    return OnDevice()
+    """The launchers: NumPy in and out (on a GPU they copy to the device and back)."""
+    from numba_kernels import launch
+
+    return launch
 
 
 # -- scalar helpers, compiled by Numba on the CPU ------------------------------------------------

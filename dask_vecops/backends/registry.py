@@ -189,13 +189,18 @@ def _auto(what, operation, dtype, block_shape, calibration) -> ModuleType:
     raise BackendUnavailableError("no backend is available")  # numpy always is; kept for safety
 
 
+_WARNED: set[str] = set()
+
+
 def _calibrated(what, operation, dtype, block_shape, calibration) -> ModuleType | None:
     """The available backend the calibration names for this call, or None (logged why)."""
     if not calibration:
         return None
     entries, problems = check_calibration(calibration)
     for problem in problems:
-        logger.warning("ignoring an invalid calibration entry: %s", problem)
+        if problem not in _WARNED:  # once per process, not at every call
+            _WARNED.add(problem)
+            logger.warning("ignoring an invalid calibration entry: %s", problem)
     bucket = shape_bucket(block_shape) if block_shape is not None else None
     key = (operation, None if dtype is None else str(dtype), bucket)
     name = entries.get(key)
