@@ -34,7 +34,12 @@ MIN_REPEATS = 5  # BLAS thread pools wake up slowly now and then: the best of se
 
 
 def backends_to_time() -> list[str]:
-    """The available backends to time: cuda only with a real GPU (not Numba's simulator)."""
+    """The available backends to time: cuda only with a real GPU (not Numba's simulator).
+
+    >>> from dask_vecops import bench
+    >>> "numpy" in bench.backends_to_time()
+    True
+    """
     names = []
     for info in registry.backends():
         if not info.available:
@@ -52,6 +57,12 @@ def _cuda_simulated() -> bool:
 
 
 def cases(grid, dtypes=DTYPES) -> list[tuple[str, str, tuple[int, int]]]:
+    """Every (operation, dtype, database block shape) to time.
+
+    >>> from dask_vecops import bench
+    >>> bench.cases([(256, 32)], dtypes=["float32"])
+    [('normalize', 'float32', (256, 32)), ('similarity', 'float32', (256, 32)), ('topk', 'float32', (256, 32))]
+    """
     return [(op, dtype, shape) for op in registry.OPERATIONS for dtype in dtypes for shape in grid]
 
 
@@ -60,6 +71,13 @@ def run(quick: bool = False, backends: list[str] | None = None, progress: bool =
     """Time each backend on each case; one result row per (operation, dtype, shape, backend).
 
     A text progress bar goes to ``out`` (default stderr) unless ``progress`` is false.
+
+    >>> from dask_vecops import bench
+    >>> results = bench.run(quick=True, backends=["numpy"], progress=False)
+    >>> sorted(results[0])
+    ['backend', 'bucket', 'dtype', 'features', 'operation', 'rows', 'seconds']
+    >>> len(results) == len(bench.cases(bench.QUICK_GRID))
+    True
     """
     out = sys.stderr if out is None else out
     backends = backends_to_time() if backends is None else backends
@@ -116,7 +134,14 @@ def _progress(done: int, total: int, label: str, out) -> None:
 
 
 def calibration(results: list[dict]) -> dict:
-    """The fastest backend per operation, dtype and bucket: the ``vecops.calibration`` value."""
+    """The fastest backend per operation, dtype and bucket: the ``vecops.calibration`` value.
+
+    >>> from dask_vecops import bench
+    >>> rows = [{"operation": "topk", "dtype": "float32", "bucket": "small", "backend": b,
+    ...          "seconds": s} for b, s in [("numpy", 2e-3), ("rust", 1e-3)]]
+    >>> bench.calibration(rows)
+    {'topk': {'float32': {'small': 'rust'}}}
+    """
     best: dict = {}
     for r in results:
         key = (r["operation"], r["dtype"], r["bucket"])
@@ -129,7 +154,16 @@ def calibration(results: list[dict]) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    """One line per case, the backends' times side by side, the fastest marked with ``*``."""
+    """One line per case, the backends' times side by side, the fastest marked with ``*``.
+
+    >>> from dask_vecops import bench
+    >>> rows = [{"operation": "topk", "dtype": "float32", "rows": 256, "features": 32,
+    ...          "bucket": "small", "backend": b, "seconds": s}
+    ...         for b, s in [("numpy", 2e-3), ("rust", 1e-3)]]
+    >>> print(bench.format_table(rows))
+    operation  dtype    block   bucket  numpy ms  rust ms  fastest
+    topk       float32  256x32  small     2.000    1.000*  rust
+    """
     names = list(dict.fromkeys(r["backend"] for r in results))
     rows: dict = {}
     for r in results:
@@ -152,7 +186,15 @@ def format_table(results: list[dict]) -> str:
 
 def save(table: dict, directory=None) -> Path:
     """Write ``{"vecops": {"calibration": table}}`` to :data:`CALIBRATION_FILE` in ``directory``
-    (default: Dask's config directory, ``dask.config.PATH``, set by ``DASK_CONFIG``)."""
+    (default: Dask's config directory, ``dask.config.PATH``, set by ``DASK_CONFIG``).
+
+    >>> import tempfile
+    >>> from dask_vecops import bench
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = bench.save({"topk": {"float32": {"small": "rust"}}}, tmp)
+    ...     print(path.name, "vecops:" in path.read_text())
+    vecops-calibration.yaml True
+    """
     import dask.config
     import yaml
 

@@ -42,7 +42,15 @@ CODE_SOURCE = "code (dask.config.set)"
 
 
 def collect() -> dict:
-    """Everything ``dask-vecops info`` reports, as JSON-ready data."""
+    """Everything ``dask-vecops info`` reports, as JSON-ready data.
+
+    >>> from dask_vecops import info
+    >>> report = info.collect()
+    >>> list(report)
+    ['versions', 'platform', 'cpu', 'rust', 'gpu', 'backends', 'config']
+    >>> [b["name"] for b in report["backends"]]
+    ['rust', 'cuda', 'scipy', 'numpy']
+    """
     return {
         "versions": versions(),
         "platform": {
@@ -64,7 +72,12 @@ def collect() -> dict:
 
 
 def versions() -> dict[str, str]:
-    """Each package's version, or "not installed"."""
+    """Each package's version, or "not installed".
+
+    >>> from dask_vecops import info
+    >>> info.versions()["numpy"] != "not installed"
+    True
+    """
     found = {}
     for module, dists in PACKAGES:
         if importlib.util.find_spec(module) is None:
@@ -82,7 +95,12 @@ def versions() -> dict[str, str]:
 
 
 def cpu_features() -> dict:
-    """The SIMD features the Rust kernels dispatch on, and the kernel path that follows."""
+    """The SIMD features the Rust kernels dispatch on, and the kernel path that follows.
+
+    >>> from dask_vecops import info
+    >>> sorted(info.cpu_features()["features"])
+    ['avx2', 'avx512f', 'fma']
+    """
     flags, source = _cpu_flags()
     features = {name: (name in flags) if flags is not None else None for name in SIMD_FEATURES}
     if platform.machine().lower() in ("x86_64", "amd64") and flags is not None:
@@ -118,7 +136,12 @@ def _cpu_flags() -> tuple[set[str] | None, str]:
 
 
 def rust_state() -> dict:
-    """Whether the Rust extension loads and how many threads one kernel call may use."""
+    """Whether the Rust extension loads and how many threads one kernel call may use.
+
+    >>> from dask_vecops import info
+    >>> sorted(info.rust_state())
+    ['DASK_VECOPS_NUM_THREADS', 'extension', 'num_threads']
+    """
     env = os.environ.get("DASK_VECOPS_NUM_THREADS")
     try:
         from . import ufuncs
@@ -130,7 +153,12 @@ def rust_state() -> dict:
 
 
 def gpu_state() -> dict:
-    """The CUDA backend's state: why it cannot run, Numba's simulator, the device if any."""
+    """The CUDA backend's state: why it cannot run, Numba's simulator, the device if any.
+
+    >>> from dask_vecops import info
+    >>> sorted(info.gpu_state())
+    ['cuda_backend', 'device', 'numba_cuda_simulator']
+    """
     reason = dict((b.name, b.reason) for b in registry.backends())["cuda"]
     state = {"cuda_backend": "available" if not reason else f"unavailable: {reason}",
              "numba_cuda_simulator": None, "device": None}
@@ -156,7 +184,14 @@ def gpu_state() -> dict:
 
 
 def config_sources() -> list[dict]:
-    """Each effective ``vecops.*`` value (leaves of nested mappings) and where it came from."""
+    """Each effective ``vecops.*`` value (leaves of nested mappings) and where it came from.
+
+    >>> import dask
+    >>> from dask_vecops import info
+    >>> with dask.config.set({"vecops.split-every": 4}):
+    ...     [r for r in info.config_sources() if r["key"] == "vecops.split-every"]
+    [{'key': 'vecops.split-every', 'value': 4, 'source': 'code (dask.config.set)'}]
+    """
     effective = _flatten(dask.config.get("vecops", {}))
     layers = [(DEFAULTS_SOURCE, _flatten(_config.DEFAULTS.get("vecops", {})))]
     layers += [(f"file {path}", _flatten(cfg.get("vecops", {}))) for path, cfg in _yaml_layers()]
@@ -221,7 +256,12 @@ def _env_layers() -> list[tuple[str, dict]]:
 
 
 def format_text(info: dict) -> str:
-    """The report as aligned ``name  value`` lines under section headings."""
+    """The report as aligned ``name  value`` lines under section headings.
+
+    >>> from dask_vecops import info
+    >>> print(info.format_text(info.collect()).splitlines()[0])
+    versions
+    """
     sections = [
         ("versions", list(info["versions"].items())),
         ("platform", list(info["platform"].items())),
