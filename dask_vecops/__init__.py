@@ -8,12 +8,15 @@ True
 import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _config
 from ._errors import BackendUnavailableError, NonFiniteError
 from ._metrics import metrics
 from .api import backends, cosine_topk, normalize, similarity, topk
 
 if importlib.util.find_spec("xarray") is not None:
     from . import xarray as _xarray  # noqa: F401  (registers the DataArray.vecops accessor)
+
+_config.check_isa_env()
 
 try:
     __version__ = version("dask-vecops")

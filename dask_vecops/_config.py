@@ -7,6 +7,7 @@ YAML file in dask's config directory, or with an environment variable such as
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import dask.config
@@ -18,6 +19,23 @@ with _DEFAULTS_FILE.open() as _f:
     DEFAULTS = yaml.safe_load(_f)
 
 dask.config.update_defaults(DEFAULTS)
+
+# Read by the Rust extension, not by dask.config: the instruction set its kernels may use at most.
+ISA_ENV = "DASK_VECOPS_ISA"
+ISA_VALUES = ("auto", "avx512", "avx2", "portable")
+
+
+def check_isa_env() -> None:
+    """Refuses a ``DASK_VECOPS_ISA`` that names no instruction set, at ``import dask_vecops``
+    rather than at the first kernel call (the Rust extension refuses it the same way).
+
+    >>> import os
+    >>> os.environ.get("DASK_VECOPS_ISA", "auto") in ISA_VALUES + ("",)
+    True
+    """
+    value = os.environ.get(ISA_ENV, "").strip().lower()
+    if value and value not in ISA_VALUES:
+        raise ValueError(f'{ISA_ENV}="{value}" is not one of {", ".join(ISA_VALUES)}')
 
 
 def get(key: str, value=None):

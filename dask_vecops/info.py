@@ -95,24 +95,49 @@ def versions() -> dict[str, str]:
 
 
 def cpu_features() -> dict:
-    """The SIMD features the Rust kernels dispatch on, and the kernel path that follows.
+    """The SIMD features the Rust kernels dispatch on, and the kernel path they take.
+
+    The path is the Rust extension's own answer (the best this CPU has, capped by
+    ``DASK_VECOPS_ISA``); without the extension it is inferred from the CPU's flags.
 
     >>> from dask_vecops import info
+    >>> sorted(info.cpu_features())
+    ['DASK_VECOPS_ISA', 'features', 'rust_kernel_path', 'source']
     >>> sorted(info.cpu_features()["features"])
     ['avx2', 'avx512f', 'fma']
     """
     flags, source = _cpu_flags()
     features = {name: (name in flags) if flags is not None else None for name in SIMD_FEATURES}
-    if platform.machine().lower() in ("x86_64", "amd64") and flags is not None:
-        if features["fma"] and features["avx512f"]:
-            kernel = "avx512 (AVX-512F + FMA)"
-        elif features["fma"] and features["avx2"]:
-            kernel = "avx2 (AVX2 + FMA)"
-        else:
-            kernel = "portable"
+    try:
+        from . import ufuncs
+    except ImportError:
+        kernel = _inferred_path(features, flags)
     else:
-        kernel = "portable (no x86 SIMD dispatch)" if flags is not None else "unknown"
-    return {"features": features, "rust_kernel_path": kernel, "source": source}
+        kernel, best = ufuncs.kernel_isa(), ufuncs.best_isa()
+        kernel = ISA_NAMES[kernel] + ("" if kernel == best else f", capped (the CPU has {best})")
+    return {"features": features, "rust_kernel_path": kernel, "source": source,
+            "DASK_VECOPS_ISA": os.environ.get("DASK_VECOPS_ISA")}
+
+
+# The Rust kernels' instruction sets (rust_ufuncs/src/kernels/simd.rs, `Isa::name`).
+ISA_NAMES = {
+    "avx512": "avx512 (AVX-512F + FMA)",
+    "avx2": "avx2 (AVX2 + FMA)",
+    "portable": "portable",
+}
+
+
+def _inferred_path(features: dict, flags) -> str:
+    """The kernel path the CPU's flags imply (when the extension cannot say)."""
+    if flags is None:
+        return "unknown"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "portable (no x86 SIMD dispatch)"
+    if features["fma"] and features["avx512f"]:
+        return ISA_NAMES["avx512"]
+    if features["fma"] and features["avx2"]:
+        return ISA_NAMES["avx2"]
+    return ISA_NAMES["portable"]
 
 
 def _cpu_flags() -> tuple[set[str] | None, str]:
@@ -268,6 +293,7 @@ def format_text(info: dict) -> str:
         ("cpu (SIMD features the Rust kernels dispatch on)",
          [(k, _yes_no(v)) for k, v in info["cpu"]["features"].items()]
          + [("rust kernel path", info["cpu"]["rust_kernel_path"]),
+            ("DASK_VECOPS_ISA", info["cpu"]["DASK_VECOPS_ISA"]),
             ("read from", info["cpu"]["source"])]),
         ("rust kernels", [("extension", info["rust"]["extension"]),
                           ("threads per kernel call", info["rust"]["num_threads"]),

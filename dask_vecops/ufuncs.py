@@ -23,6 +23,8 @@ The top-k ufuncs need ``out=(scores, ids)`` because ``k`` appears in no input;
 
 The kernels run serially on the calling thread unless :func:`set_num_threads` allows more
 (one shared pool; see ``docs/threads.md``): Dask already runs one chunk per core.
+:func:`kernel_isa` names the instruction set they use: the best of this CPU (:func:`best_isa`),
+capped by the environment variable ``DASK_VECOPS_ISA`` (``avx512``, ``avx2``, ``portable``).
 
 Examples
 --------
@@ -49,11 +51,13 @@ try:
         _gil_held,
         _panic_check,
         add,
+        best_isa,
         cosine,
         divide,
         dot,
         get_num_threads,
         euclidean,
+        kernel_isa,
         manhattan,
         multiply,
         norm_l1,
@@ -158,7 +162,9 @@ __test__ = {name: uf.__doc__ for name, uf in _UFUNCS.items()}
 
 __all__ = sorted(name for name in _UFUNCS if not name.startswith("_")) + [
     "TOPK_UFUNCS",
+    "best_isa",
     "get_num_threads",
+    "kernel_isa",
     "set_num_threads",
     "topk_block",
 ]

@@ -92,3 +92,14 @@ def test_info_command_in_a_fresh_process_names_the_environment_variable():
                           capture_output=True, text=True, timeout=120, check=True)
     line = next(l for l in done.stdout.splitlines() if l.split()[:1] == ["vecops.backend"])
     assert line.split() == ["vecops.backend", "numpy", "environment", "DASK_VECOPS__BACKEND"]
+
+
+def test_info_shows_the_isa_cap_and_the_path_the_rust_kernels_take():
+    env = {**os.environ, "DASK_VECOPS_ISA": "portable"}
+    out = subprocess.run([sys.executable, "-m", "dask_vecops", "info", "--json"], env=env,
+                         capture_output=True, text=True, check=True)
+    cpu = json.loads(out.stdout)["cpu"]
+    assert cpu["DASK_VECOPS_ISA"] == "portable"
+    best = dv.ufuncs.best_isa()
+    assert cpu["rust_kernel_path"] == (
+        "portable" if best == "portable" else f"portable, capped (the CPU has {best})")

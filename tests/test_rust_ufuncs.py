@@ -811,3 +811,81 @@ def test_num_threads_default_comes_from_the_environment(monkeypatch, value, expe
         env=env, capture_output=True, text=True, check=True,
     )
     assert int(out.stdout) == expected
+
+
+# -- DASK_VECOPS_ISA ------------------------------------------------------------------------------
+
+ISA_ORDER = ["portable", "avx2", "avx512"]
+
+
+def _python_with_isa(value, code):
+    """Runs ``code`` in a fresh interpreter with ``DASK_VECOPS_ISA=value`` (None: unset)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop("DASK_VECOPS_ISA", None)
+    if value is not None:
+        env["DASK_VECOPS_ISA"] = value
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("value", [None, "", "auto", "avx512", "AVX2", "portable"])
+def test_the_isa_is_the_cpus_best_capped_by_the_environment(value):
+    best = _rust.best_isa()
+    out = _python_with_isa(value, "from dask_vecops import ufuncs; print(ufuncs.kernel_isa())")
+    assert out.returncode == 0, out.stderr
+    cap = (value or "auto").lower()
+    if cap == "auto" or ISA_ORDER.index(cap) > ISA_ORDER.index(best):
+        assert out.stdout.strip() == best  # auto, or a cap above what this CPU has
+    else:
+        assert out.stdout.strip() == cap
+
+
+def test_an_unknown_isa_refuses_to_import_with_the_accepted_names():
+    out = _python_with_isa("sse4", "import dask_vecops")
+    assert out.returncode != 0
+    assert 'ValueError: DASK_VECOPS_ISA="sse4" is not one of auto, avx512, avx2, portable' in (
+        out.stderr
+    )
+
+
+@pytest.mark.parametrize("isa", ISA_ORDER)
+def test_every_isa_finds_the_float64_neighbours(isa):
+    code = """
+import numpy as np, dask.array as da, dask_vecops as dv, json
+rng = np.random.default_rng(7)
+x = rng.standard_normal((3000, 37)).astype(np.float32)
+q = rng.standard_normal((5, 37)).astype(np.float32)
+out = {}
+for metric in ("cosine", "dot", "euclidean", "manhattan"):
+    s, i = dv.topk(q, 7, database=da.from_array(x, chunks=(700, 37)), metric=metric,
+                   backend="rust")
+    out[metric] = [s.compute().tolist(), i.compute().tolist()]
+print(json.dumps([dv.ufuncs.kernel_isa(), out]))
+"""
+    out = _python_with_isa(isa, code)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    ran, results = json.loads(out.stdout)
+    assert ran == isa or ISA_ORDER.index(isa) > ISA_ORDER.index(_rust.best_isa())
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3000, 37)).astype(np.float32).astype(np.float64)
+    q = rng.standard_normal((5, 37)).astype(np.float32).astype(np.float64)
+    for metric, (scores, ids) in results.items():
+        want = _float64_scores(q, x, metric)
+        order = np.argsort(-want if metric in ("cosine", "dot") else want, axis=1, kind="stable")
+        np.testing.assert_array_equal(ids, order[:, :7], err_msg=f"{isa} {metric}")
+        np.testing.assert_allclose(scores, np.take_along_axis(want, order[:, :7], 1),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def _float64_scores(q, x, metric):
+    if metric == "cosine":
+        return (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+            x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    if metric == "dot":
+        return q @ x.T
+    diff = q[:, None, :] - x[None, :, :]
+    return np.sqrt((diff**2).sum(-1)) if metric == "euclidean" else np.abs(diff).sum(-1)

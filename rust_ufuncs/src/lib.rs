@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 #[cfg(feature = "python")]
 #[pymodule]
 fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    pyfuncs::check_isa_env()?;
     use kernels::elementwise::BinaryOp;
     use kernels::normalize::Norm;
     use kernels::Metric;
@@ -149,6 +150,8 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pyfuncs::topk_block, m)?)?;
     m.add_function(wrap_pyfunction!(pyfuncs::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(pyfuncs::get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(pyfuncs::kernel_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(pyfuncs::best_isa, m)?)?;
     add_ufunc(
         m,
         gufunc(

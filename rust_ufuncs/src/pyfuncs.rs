@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::kernels::pairwise::Rows;
-use crate::kernels::threads;
+use crate::kernels::{simd, threads};
 use crate::kernels::topk::{topk_with, TopkOptions};
 use crate::kernels::{Metric, Real};
 
@@ -252,4 +252,28 @@ pub fn set_num_threads(n: i64) -> PyResult<()> {
 #[pyfunction]
 pub fn get_num_threads() -> usize {
     threads::num_threads()
+}
+
+/// The instruction set the kernels use (``avx512``, ``avx2`` or ``portable``): the best this CPU
+/// has, capped by the environment variable ``DASK_VECOPS_ISA`` when set.
+#[pyfunction]
+pub fn kernel_isa() -> &'static str {
+    simd::detect().name()
+}
+
+/// The best instruction set of this CPU (``avx512``, ``avx2`` or ``portable``).
+#[pyfunction]
+pub fn best_isa() -> &'static str {
+    simd::best().name()
+}
+
+/// Refuses a ``DASK_VECOPS_ISA`` value that names no instruction set (the module then fails to
+/// import with this message, as NumPy does for its CPU-feature variables).
+pub fn check_isa_env() -> PyResult<()> {
+    match std::env::var(simd::ISA_ENV) {
+        Ok(value) => simd::Isa::parse(&value)
+            .map(|_| ())
+            .map_err(PyValueError::new_err),
+        Err(_) => Ok(()),
+    }
 }

@@ -17,6 +17,7 @@
 
 use std::any::TypeId;
 use std::array;
+use std::sync::OnceLock;
 
 use super::Real;
 
@@ -31,8 +32,48 @@ pub enum Isa {
     Portable,
 }
 
+/// The environment variable that caps the ISA the kernels use: `avx512`, `avx2` or
+/// `portable` (unset, empty or `auto`: the best this CPU has). Scores depend on the ISA in the
+/// last bits, so a cluster of mixed CPUs pinned to one ISA gives the same bits on every worker.
+pub const ISA_ENV: &str = "DASK_VECOPS_ISA";
+
+impl Isa {
+    /// The lower-case name `ISA_ENV` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Parses an `ISA_ENV` value: `None` for auto, an error message for anything unknown.
+    pub fn parse(value: &str) -> Result<Option<Isa>, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(None),
+            "avx512" => Ok(Some(Isa::Avx512)),
+            "avx2" => Ok(Some(Isa::Avx2)),
+            "portable" => Ok(Some(Isa::Portable)),
+            other => Err(format!(
+                "{ISA_ENV}={other:?} is not one of auto, avx512, avx2, portable"
+            )),
+        }
+    }
+}
+
+/// The ISA `ISA_ENV` asks for (`None`: auto, or a value that does not parse; the Python
+/// module refuses to load with such a value, so kernels never run under it).
+fn requested() -> Option<Isa> {
+    static REQUESTED: OnceLock<Option<Isa>> = OnceLock::new();
+    *REQUESTED.get_or_init(|| {
+        std::env::var(ISA_ENV)
+            .ok()
+            .and_then(|v| Isa::parse(&v).ok().flatten())
+    })
+}
+
 /// The best ISA of this CPU (std caches the feature detection).
-pub fn detect() -> Isa {
+pub fn best() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         let fma = is_x86_feature_detected!("fma");
@@ -46,6 +87,24 @@ pub fn detect() -> Isa {
     Isa::Portable
 }
 
+/// The ISA the kernels use: the best of this CPU, capped by `ISA_ENV`.
+pub fn detect() -> Isa {
+    let best = best();
+    match requested() {
+        Some(cap) if supported_by(best, cap) => cap,
+        _ => best,
+    }
+}
+
+/// Whether a CPU whose best ISA is `best` can run `isa`.
+fn supported_by(best: Isa, isa: Isa) -> bool {
+    match isa {
+        Isa::Avx512 => best == Isa::Avx512,
+        Isa::Avx2 => matches!(best, Isa::Avx512 | Isa::Avx2),
+        Isa::Portable => true,
+    }
+}
+
 /// Every ISA this CPU can run, best first.
 pub fn available() -> Vec<Isa> {
     [Isa::Avx512, Isa::Avx2, Isa::Portable]
@@ -55,11 +114,7 @@ pub fn available() -> Vec<Isa> {
 }
 
 fn supported(isa: Isa) -> bool {
-    match isa {
-        Isa::Avx512 => detect() == Isa::Avx512,
-        Isa::Avx2 => matches!(detect(), Isa::Avx512 | Isa::Avx2),
-        Isa::Portable => true,
-    }
+    supported_by(best(), isa)
 }
 
 /// `isa` if this CPU has it, else the portable kernel.
@@ -1469,8 +1524,30 @@ mod tests {
 
     #[test]
     fn detect_is_available_first() {
-        assert_eq!(available()[0], detect());
+        assert_eq!(available()[0], best());
+        assert!(available().contains(&detect()));
         assert_eq!(*available().last().unwrap(), Isa::Portable);
+    }
+
+    #[test]
+    fn isa_names_parse_and_unknown_ones_are_refused() {
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+            assert_eq!(Isa::parse(isa.name()), Ok(Some(isa)));
+        }
+        assert_eq!(Isa::parse(" AVX2 "), Ok(Some(Isa::Avx2)));
+        assert_eq!(Isa::parse(""), Ok(None));
+        assert_eq!(Isa::parse("auto"), Ok(None));
+        let error = Isa::parse("sse4").unwrap_err();
+        assert!(error.contains("DASK_VECOPS_ISA=\"sse4\"") && error.contains("avx2"), "{error}");
+    }
+
+    #[test]
+    fn a_cap_above_the_cpu_is_not_supported() {
+        assert!(supported_by(Isa::Avx2, Isa::Avx2));
+        assert!(supported_by(Isa::Avx2, Isa::Portable));
+        assert!(!supported_by(Isa::Avx2, Isa::Avx512));
+        assert!(!supported_by(Isa::Portable, Isa::Avx2));
+        assert!(supported_by(Isa::Avx512, Isa::Avx2));
     }
 
     #[test]
