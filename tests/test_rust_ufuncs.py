@@ -889,3 +889,19 @@ def _float64_scores(q, x, metric):
         return q @ x.T
     diff = q[:, None, :] - x[None, :, :]
     return np.sqrt((diff**2).sum(-1)) if metric == "euclidean" else np.abs(diff).sum(-1)
+
+
+def test_the_isa_benchmark_runs_every_path_of_this_cpu():
+    import pathlib
+    import subprocess
+
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_isa.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--queries", "30", "--rows", "2000", "--features", "24"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1:]
+    want = ISA_ORDER[: ISA_ORDER.index(_rust.best_isa()) + 1][::-1]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        (isa, dtype) for isa in want for dtype in ("float32", "float64")]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
