@@ -307,3 +307,27 @@ def test_dask_scheduler_and_workers_as_processes(dask_cli_cluster, store):
         compute = functools.partial(dask.compute, scheduler=client)
         out = stores.write_results(tmp_path / "out.zarr", found, compute=compute)
         assert stores.open_results(out)["labels"].shape == (len(q), 5)
+
+
+@requires_rust
+def test_workers_take_the_isa_cap_from_the_nanny_environment(rng):
+    # The documented way to pin every worker of a cluster to one instruction set.
+    from distributed import Client, LocalCluster
+
+    db, q = random_vectors(rng, 400, 12, np.float32), random_vectors(rng, 9, 12, np.float32)
+    spawn = {"distributed.nanny.pre-spawn-environ.DASK_VECOPS_ISA": "portable"}
+    with dask.config.set(spawn), LocalCluster(
+        n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+
+        def isa():
+            from dask_vecops import ufuncs
+
+            return ufuncs.kernel_isa()
+
+        assert set(client.run(isa).values()) == {"portable"}
+        found = dv.cosine_topk(q, 5, database=da.from_array(db, chunks=90), backend="rust")
+        remote = dask.compute(*found, scheduler=client)
+    expected = check_topk(found, q, db, 5, "cosine", scheduler="threads")
+    np.testing.assert_array_equal(remote[1], expected[1])
+    np.testing.assert_allclose(remote[0], expected[0], rtol=1e-6)
