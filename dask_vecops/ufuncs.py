@@ -159,6 +159,7 @@ _UFUNCS = {
 
 # Run the examples in the ufuncs' own docstrings (written in Rust) as doctests of this module.
 __test__ = {name: uf.__doc__ for name, uf in _UFUNCS.items()}
+__test__.update(kernel_isa=kernel_isa.__doc__, best_isa=best_isa.__doc__)
 
 __all__ = sorted(name for name in _UFUNCS if not name.startswith("_")) + [
     "TOPK_UFUNCS",

@@ -256,12 +256,22 @@ pub fn get_num_threads() -> usize {
 
 /// The instruction set the kernels use (``avx512``, ``avx2`` or ``portable``): the best this CPU
 /// has, capped by the environment variable ``DASK_VECOPS_ISA`` when set.
+///
+/// >>> from dask_vecops import ufuncs
+/// >>> ufuncs.kernel_isa() in ("avx512", "avx2", "portable")
+/// True
 #[pyfunction]
 pub fn kernel_isa() -> &'static str {
     simd::detect().name()
 }
 
-/// The best instruction set of this CPU (``avx512``, ``avx2`` or ``portable``).
+/// The best instruction set of this CPU (``avx512``, ``avx2`` or ``portable``), whatever
+/// ``DASK_VECOPS_ISA`` says.
+///
+/// >>> from dask_vecops import ufuncs
+/// >>> order = ["portable", "avx2", "avx512"]
+/// >>> order.index(ufuncs.kernel_isa()) <= order.index(ufuncs.best_isa())
+/// True
 #[pyfunction]
 pub fn best_isa() -> &'static str {
     simd::best().name()
