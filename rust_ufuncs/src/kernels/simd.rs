@@ -3,9 +3,9 @@
 //! Both operands come packed in panels (see `pack_rows`): `MR` query rows or `NR` database rows
 //! interleaved coordinate by coordinate, so that for every coordinate the kernel loads `NR`
 //! database values as vectors, broadcasts each of `MR` query values, and updates an `MR x NR`
-//! register tile (the BLIS/GEMM scheme; no horizontal sums). Each score is a plain sequential
-//! accumulation over the `d` coordinates in one vector lane, the same for every position in a
-//! tile: a pair's score depends only on its two vectors and the ISA.
+//! register tile (the BLIS/GEMM scheme; no horizontal sums). Each score is accumulated in one
+//! vector lane, block by block (`BLOCK` coordinates in order, then the block sums in order), the
+//! same for every position in a tile: a pair's score depends only on its two vectors and the ISA.
 //!
 //! The finished register tile never goes through memory: a *sink* takes it straight from the
 //! registers, either storing it (all-pairs scores) or comparing each query's row of scores with
@@ -136,6 +136,13 @@ pub enum Accumulator {
     /// sum |q-b|
     AbsDiff,
 }
+
+/// Coordinates per block of every score: a score is the sum, in order, of the sequential sums
+/// of its blocks of `BLOCK` consecutive coordinates (the last block may be shorter). Every
+/// kernel keeps this order, so a pair's score has the same bits whichever kernel computes it,
+/// and the rounding error grows with `BLOCK + d / BLOCK` rather than with `d` (at d = 1536
+/// about a third of one sequential sum's: docs/design.md).
+pub const BLOCK: usize = 64;
 
 const AVX512_MR: usize = 8;
 const AVX2_MR: usize = 6;
@@ -700,17 +707,26 @@ unsafe fn micro<T: Real, V: Lanes<T>, A: Accumulate, const MR: usize, const R: u
     debug_assert!(R <= MR);
     let nr = NV * V::W;
     unsafe {
-        let mut acc = [[V::zero(); NV]; R];
-        for (q, b) in q_panel.chunks_exact(MR).zip(db_panel.chunks_exact(nr)) {
-            let b: [V; NV] = array::from_fn(|v| V::load(&b[v * V::W..(v + 1) * V::W]));
+        let mut total = [[V::zero(); NV]; R];
+        let q_blocks = q_panel.chunks(BLOCK * MR);
+        for (q_block, db_block) in q_blocks.zip(db_panel.chunks(BLOCK * nr)) {
+            let mut acc = [[V::zero(); NV]; R];
+            for (q, b) in q_block.chunks_exact(MR).zip(db_block.chunks_exact(nr)) {
+                let b: [V; NV] = array::from_fn(|v| V::load(&b[v * V::W..(v + 1) * V::W]));
+                for i in 0..R {
+                    let qi = V::splat(q[i]);
+                    for v in 0..NV {
+                        acc[i][v] = A::step::<T, V>(acc[i][v], qi, b[v]);
+                    }
+                }
+            }
             for i in 0..R {
-                let qi = V::splat(q[i]);
                 for v in 0..NV {
-                    acc[i][v] = A::step::<T, V>(acc[i][v], qi, b[v]);
+                    total[i][v] = V::add(total[i][v], acc[i][v]);
                 }
             }
         }
-        acc
+        total
     }
 }
 
@@ -736,8 +752,8 @@ pub fn rows_shape<T: Real>(isa: Isa) -> (usize, usize) {
 /// A few query panels against database rows read where they lie (no packing): for every
 /// coordinate the kernel loads one vector of `W` queries' values and multiplies it by each of
 /// `G` database values broadcast straight from the rows, into `G` vectors of scores. Each score
-/// is the same sequential accumulation over the coordinates as in the panel kernel, so both
-/// kernels give the same bits for a pair.
+/// is the same accumulation over the coordinates as in the panel kernel (blocks of `BLOCK`), so
+/// both kernels give the same bits for a pair.
 #[derive(Clone, Copy)]
 pub struct RowJob<'a, T> {
     pub kind: Accumulator,
@@ -896,22 +912,29 @@ unsafe fn micro_rows<T: Real, V: Lanes<T>, A: Accumulate, const R: usize>(
     };
     let (pf_at, pf_end) = (pf.at.cast::<u8>(), pf.end as usize);
     unsafe {
-        let mut acc = [V::zero(); R];
-        for (k, q) in q_panel.chunks_exact(V::W).enumerate() {
-            for line in 0..pf_lines {
-                let p = pf_at.wrapping_add(k * step_bytes + line * 64);
-                if (p as usize) < pf_end {
-                    prefetch_l2(p);
+        let mut total = [V::zero(); R];
+        for (block, q_block) in q_panel.chunks(BLOCK * V::W).enumerate() {
+            let mut acc = [V::zero(); R];
+            for (j, q) in q_block.chunks_exact(V::W).enumerate() {
+                let k = block * BLOCK + j;
+                for line in 0..pf_lines {
+                    let p = pf_at.wrapping_add(k * step_bytes + line * 64);
+                    if (p as usize) < pf_end {
+                        prefetch_l2(p);
+                    }
+                }
+                let q = V::load(q);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: r < R and k < d, so r * d + k is inside `rows` (checked above).
+                    let b = V::splat(*base.add(r * d + k));
+                    *a = A::step::<T, V>(*a, q, b);
                 }
             }
-            let q = V::load(q);
-            for (r, a) in acc.iter_mut().enumerate() {
-                // SAFETY: r < R and k < d, so r * d + k is inside `rows` (checked above).
-                let b = V::splat(*base.add(r * d + k));
-                *a = A::step::<T, V>(*a, q, b);
+            for (t, a) in total.iter_mut().zip(acc) {
+                *t = V::add(*t, a);
             }
         }
-        acc
+        total
     }
 }
 
@@ -1641,6 +1664,53 @@ mod tests {
                 for (r, &o) in out.iter().enumerate() {
                     assert_eq!(o, row_sum(isa, &rows[r * d..(r + 1) * d], RowSum::Squares));
                 }
+            }
+        }
+    }
+
+    /// The accumulation order every kernel follows, written out: a sequential sum per block of
+    /// `BLOCK` coordinates (fused multiply-add on the x86 SIMD paths and on aarch64), then the
+    /// block sums added in order. Bit for bit, for d across block boundaries.
+    #[test]
+    fn dot_scores_follow_the_block_order_bit_for_bit() {
+        for d in [1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
+            let (nq, n) = (3usize, 37usize);
+            let q: Vec<f32> = (0..nq * d).map(|x| ((x * 7919 % 211) as f32 - 105.0) / 37.0).collect();
+            let db: Vec<f32> = (0..n * d).map(|x| ((x * 104729 % 199) as f32 - 99.0) / 41.0).collect();
+            for isa in available() {
+                let fused = isa != Isa::Portable || cfg!(target_arch = "aarch64");
+                let want: Vec<u32> = (0..nq * n)
+                    .map(|at| {
+                        let (a, b) = (&q[at / n * d..][..d], &db[at % n * d..][..d]);
+                        let mut total = 0.0f32;
+                        for (qa, qb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+                            let mut acc = 0.0f32;
+                            for (&x, &y) in qa.iter().zip(qb) {
+                                acc = if fused { x.mul_add(y, acc) } else { x * y + acc };
+                            }
+                            total += acc;
+                        }
+                        total.to_bits()
+                    })
+                    .collect();
+                let (mr, nr) = panel_shape::<f32>(isa);
+                let mut qp = vec![0.0; nq.div_ceil(mr) * mr * d];
+                pack_rows(isa, &q, nq, d, None, mr, &mut qp);
+                let mut dbp = vec![0.0; n.div_ceil(nr) * nr * d];
+                pack_rows(isa, &db, n, d, None, nr, &mut dbp);
+                let mut out = vec![f32::NAN; nq * n];
+                let job = PanelJob {
+                    kind: Accumulator::Dot,
+                    q: &qp,
+                    q_panels: nq.div_ceil(mr),
+                    db: &dbp,
+                    db_panels: n.div_ceil(nr),
+                    d,
+                    scale: None,
+                };
+                score_store(isa, job, Store { out: &mut out, ld: n, rows: nq, cols: n });
+                let got: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "{isa:?} d={d}");
             }
         }
     }
