@@ -141,7 +141,7 @@ pub enum Accumulator {
 /// of its blocks of `BLOCK` consecutive coordinates (the last block may be shorter). Every
 /// kernel keeps this order, so a pair's score has the same bits whichever kernel computes it,
 /// and the rounding error grows with `BLOCK + d / BLOCK` rather than with `d` (at d = 1536
-/// about a third of one sequential sum's: docs/design.md).
+/// about a sixth of one sequential sum's: docs/design.md).
 pub const BLOCK: usize = 64;
 
 const AVX512_MR: usize = 8;
