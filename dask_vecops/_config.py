@@ -27,7 +27,8 @@ ISA_VALUES = ("auto", "avx512", "avx2", "portable")
 
 def check_isa_env() -> None:
     """Refuses a ``DASK_VECOPS_ISA`` that names no instruction set, at ``import dask_vecops``
-    rather than at the first kernel call (the Rust extension refuses it the same way).
+    rather than at the first kernel call (the Rust extension, which reads the variable, takes
+    the same names: ``Isa::parse`` in ``rust_ufuncs/src/kernels/simd.rs``).
 
     >>> import os
     >>> os.environ.get("DASK_VECOPS_ISA", "auto") in ISA_VALUES + ("",)

@@ -14,7 +14,7 @@ import pytest
 from dask_vecops import cli, stores
 
 from . import check_topk, match_all, random_vectors
-from .test_stores import names, write_group, write_zarr
+from .test_stores import names, write_store, write_zarr
 
 zarr = pytest.importorskip("zarr")
 
@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def paths(tmp_path, rng):
     """A zarr database group with labels, .npy queries, and the arrays themselves."""
     db, q = random_vectors(rng, 300, 8, np.float32), random_vectors(rng, 12, 8, np.float32)
-    write_group(tmp_path / "db.zarr", db, labels=names(len(db)), chunks=(64, 8))
-    np.save(tmp_path / "q.npy", q)
+    write_store(tmp_path, db, q, chunks=(64, 8))
     return tmp_path, q, db
 
 

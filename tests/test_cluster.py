@@ -22,7 +22,7 @@ import dask_vecops as dv
 from dask_vecops import cli, stores
 
 from . import check_topk, random_vectors, requires_distributed, requires_rust
-from .test_stores import names, write_group
+from .test_stores import write_store
 
 # distributed can leave sockets for the garbage collector to close (to a killed worker, to a
 # scheduler shutting down); the fixture below collects them while these filters apply.
@@ -68,8 +68,7 @@ def client(cluster):
 @pytest.fixture
 def store(tmp_path, rng):
     db, q = random_vectors(rng, 500, 8, np.float32), random_vectors(rng, 30, 8, np.float32)
-    write_group(tmp_path / "db.zarr", db, labels=names(len(db)), chunks=(60, 8))
-    np.save(tmp_path / "q.npy", q)
+    write_store(tmp_path, db, q, chunks=(60, 8))
     return tmp_path, q, db
 
 

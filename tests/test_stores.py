@@ -46,6 +46,12 @@ def names(n):
     return np.array([f"row-{i}" for i in range(n)], dtype=STRING)
 
 
+def write_store(path, db, q, chunks):
+    """A database group with labels at ``path/db.zarr`` and the queries at ``path/q.npy``."""
+    write_group(path / "db.zarr", db, labels=names(len(db)), chunks=chunks)
+    np.save(path / "q.npy", q)
+
+
 @pytest.fixture
 def data(rng):
     return random_vectors(rng, 9, 6, np.float32), random_vectors(rng, 130, 6, np.float32)
@@ -190,8 +196,7 @@ def test_several_query_batches_do_not_hold_the_database(rng):
 
 def test_labels_from_the_database_group(tmp_path, data):
     q, db = data
-    write_group(tmp_path / "db.zarr", db, labels=names(len(db)), chunks=(50, 6))
-    np.save(tmp_path / "q.npy", q)
+    write_store(tmp_path, db, q, chunks=(50, 6))
     found = stores.search(tmp_path / "db.zarr", tmp_path / "q.npy", 4)
     ids, labels = dask.compute(found["ids"], found["labels"])
     assert labels.dtype == STRING and labels.shape == ids.shape

@@ -17,7 +17,6 @@ use pyo3::prelude::*;
 #[cfg(feature = "python")]
 #[pymodule]
 fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    pyfuncs::check_isa_env()?;
     use kernels::elementwise::BinaryOp;
     use kernels::normalize::Norm;
     use kernels::Metric;

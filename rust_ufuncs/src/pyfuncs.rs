@@ -276,14 +276,3 @@ pub fn kernel_isa() -> &'static str {
 pub fn best_isa() -> &'static str {
     simd::best().name()
 }
-
-/// Refuses a ``DASK_VECOPS_ISA`` value that names no instruction set (the module then fails to
-/// import with this message, as NumPy does for its CPU-feature variables).
-pub fn check_isa_env() -> PyResult<()> {
-    match std::env::var(simd::ISA_ENV) {
-        Ok(value) => simd::Isa::parse(&value)
-            .map(|_| ())
-            .map_err(PyValueError::new_err),
-        Err(_) => Ok(()),
-    }
-}

@@ -61,8 +61,8 @@ impl Isa {
     }
 }
 
-/// The ISA `ISA_ENV` asks for (`None`: auto, or a value that does not parse; the Python
-/// module refuses to load with such a value, so kernels never run under it).
+/// The ISA `ISA_ENV` asks for (`None`: auto, or a value that does not parse; `import
+/// dask_vecops` refuses such a value before any kernel runs, in `_config.check_isa_env`).
 fn requested() -> Option<Isa> {
     static REQUESTED: OnceLock<Option<Isa>> = OnceLock::new();
     *REQUESTED.get_or_init(|| {
