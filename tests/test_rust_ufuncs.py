@@ -686,17 +686,23 @@ def test_topk_block_ties_go_to_the_lower_id_on_both_kernels():
             np.testing.assert_array_equal(ids, ref_topk(q, db, 7, metric)[1])
 
 
-def test_topk_block_kernels_give_the_same_bits():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_block_kernels_give_the_same_bits(dtype):
     """A query's results do not depend on how many queries share the call (which picks the
-    row-streaming or the packed-panel kernel) nor on the database split."""
-    q, db = random((300, 33), np.float32), random((3000, 33), np.float32, seed=1)
+    few-query filter, the row-streaming or the packed-panel kernel) nor on the database split;
+    nor do the cosine norms the call computes on the way."""
+    q, db = random((300, 33), dtype), random((3000, 33), dtype, seed=1)
+    db[100:200] = db[0] * np.linspace(0.5, 2, 100, dtype=dtype)[:, None]  # ties within rounding
+    q[0] = db[0]
     for metric in u.TOPK_UFUNCS:
         whole = _rust.topk_block(q, db, 12, metric)
+        for m in (1, 2, 3):
+            few = _rust.topk_block(q[:m], db, 12, metric)
+            np.testing.assert_array_equal(few[0], whole[0][:m], err_msg=f"{metric} {m}")
+            np.testing.assert_array_equal(few[1], whole[1][:m], err_msg=f"{metric} {m}")
+            if metric == "cosine":
+                np.testing.assert_array_equal(few[2], whole[2])
         few = _rust.topk_block(q[:3], db, 12, metric)
-        np.testing.assert_array_equal(few[0], whole[0][:3])
-        np.testing.assert_array_equal(few[1], whole[1][:3])
-        if metric == "cosine":
-            np.testing.assert_array_equal(few[2], whole[2])
         halves = [_rust.topk_block(q[:3], db[s], 12, metric) for s in (slice(0, 1500), slice(1500, None))]
         s = np.hstack([halves[0][0], halves[1][0]])
         i = np.hstack([halves[0][1], halves[1][1] + 1500])
@@ -854,7 +860,12 @@ out = {}
 for metric in ("cosine", "dot", "euclidean", "manhattan"):
     s, i = dv.topk(q, 7, database=da.from_array(x, chunks=(700, 37)), metric=metric,
                    backend="rust")
-    out[metric] = [s.compute().tolist(), i.compute().tolist()]
+    alone = [dv.topk(q[j:j + 1], 7, database=da.from_array(x, chunks=(700, 37)), metric=metric,
+                     backend="rust") for j in range(len(q))]
+    s1 = np.vstack([a[0].compute() for a in alone])
+    i1 = np.vstack([a[1].compute() for a in alone])
+    same = bool((s1 == s.compute()).all() and (i1 == i.compute()).all())
+    out[metric] = [s.compute().tolist(), i.compute().tolist(), same]
 print(json.dumps([dv.ufuncs.kernel_isa(), out]))
 """
     out = _python_with("DASK_VECOPS_ISA", isa, code)
@@ -866,7 +877,8 @@ print(json.dumps([dv.ufuncs.kernel_isa(), out]))
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3000, 37)).astype(np.float32)
     q = rng.standard_normal((5, 37)).astype(np.float32)
-    for metric, (scores, ids) in results.items():
+    for metric, (scores, ids, alone_is_the_same) in results.items():
+        assert alone_is_the_same, f"{isa} {metric}: one query alone (the filter) differs"
         want_scores, want_ids = ref_topk(q, x, 7, metric)
         np.testing.assert_array_equal(ids, want_ids, err_msg=f"{isa} {metric}")
         np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)

@@ -42,6 +42,10 @@ pub trait Real:
     const NAN: Self;
     const INFINITY: Self;
     const NEG_INFINITY: Self;
+    /// The gap between 1 and the next value (twice the unit roundoff).
+    const EPSILON: Self;
+    /// The smallest positive normal value.
+    const MIN_POSITIVE: Self;
     /// Size in bytes; the SIMD kernels pick their lane count from it.
     const BYTES: usize;
     /// The vector types of the SIMD score kernel (see `simd`).
@@ -105,6 +109,8 @@ macro_rules! impl_real {
             const NAN: Self = <$t>::NAN;
             const INFINITY: Self = <$t>::INFINITY;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const EPSILON: Self = <$t>::EPSILON;
+            const MIN_POSITIVE: Self = <$t>::MIN_POSITIVE;
             const BYTES: usize = std::mem::size_of::<$t>();
 
             #[inline(always)]

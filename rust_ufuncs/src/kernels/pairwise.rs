@@ -155,7 +155,7 @@ impl<'a, T: Real> Scorer<'a, T> {
         panel_shape::<T>(self.isa)
     }
 
-    fn cosine(&self) -> bool {
+    pub(crate) fn cosine(&self) -> bool {
         self.metric == Metric::Cosine
     }
 

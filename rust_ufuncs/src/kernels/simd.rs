@@ -14,6 +14,11 @@
 //! Database panels are packed with in-register 16 x 16 transposes on AVX-512 (f32), so packing
 //! runs at memory speed. This is the crate's only SIMD code; all intrinsics and their `unsafe`
 //! live here.
+//!
+//! A few queries (up to `FILTER_QUERIES`) are scored by the row-streaming kernel only where it
+//! matters: a filter reads each row along its coordinates in whole vectors, as a
+//! matrix-vector product does, and passes on to the exact score only the rows whose filter
+//! score, widened by a rigorous bound on both sums' rounding, could beat the query's bar.
 
 use std::any::TypeId;
 use std::array;
@@ -462,10 +467,35 @@ pub unsafe trait Lanes<T: Real>: Copy {
     unsafe fn gt_mask(a: Self, b: Self) -> u64;
     /// Bit `l` set where `a[l] < b[l]` (false for NaN).
     unsafe fn lt_mask(a: Self, b: Self) -> u64;
+    /// Adds the squares of the lanes, in f64, to the row-sum accumulators: lane `l` of the
+    /// vector of coordinates `c..c + W` goes to `acc[(c + l) % ROW_ACCS]` (the order of
+    /// `sum_squares`). Exact squares only: for f32 lanes any instructions give the same bits.
+    #[inline(always)]
+    unsafe fn add_squares(self, c: usize, acc: &mut [f64; ROW_ACCS]) {
+        let mut buf = [T::ZERO; MAX_NR];
+        // SAFETY: forwarded; W <= MAX_NR.
+        unsafe { self.store(&mut buf) };
+        for (l, x) in buf[..Self::W].iter().enumerate() {
+            let x = x.to_f64();
+            let a = &mut acc[(c + l) % ROW_ACCS];
+            *a = x.mul_add(x, *a);
+        }
+    }
+    /// The sum of the lanes, in an order of at most `W - 1` roundings per lane (any order:
+    /// only the few-query filter uses it, and its bound allows for that).
+    #[inline(always)]
+    unsafe fn reduce_add(self) -> T {
+        let mut buf = [T::ZERO; MAX_NR];
+        // SAFETY: forwarded; W <= MAX_NR.
+        unsafe { self.store(&mut buf) };
+        buf[..Self::W].iter().fold(T::ZERO, |s, &x| s + x)
+    }
 }
 
 trait Accumulate {
     const SQRT: bool;
+    /// Whether the terms can be negative (else a sum is its terms' magnitude).
+    const SIGNED: bool = false;
     unsafe fn step<T: Real, V: Lanes<T>>(acc: V, q: V, b: V) -> V;
 }
 
@@ -475,6 +505,7 @@ struct AbsDiffAcc;
 
 impl Accumulate for DotAcc {
     const SQRT: bool = false;
+    const SIGNED: bool = true;
     #[inline(always)]
     unsafe fn step<T: Real, V: Lanes<T>>(acc: V, q: V, b: V) -> V {
         unsafe { V::mul_add(q, b, acc) }
@@ -772,12 +803,15 @@ pub struct RowJob<'a, T> {
 }
 
 /// Scores the first `queries` packed queries of `job` against all its rows into `candidates`
-/// (`offer_row`), rows in ascending order.
+/// (`offer_row`), rows in ascending order. Up to `FILTER_QUERIES` queries go through the
+/// few-query filter, which can also compute cosine norms on the way (`norms`; `job.scale` must
+/// then be `None`).
 pub fn score_rows<T: Real, C: Candidates<T>>(
     isa: Isa,
     job: RowJob<T>,
     candidates: &mut C,
     queries: usize,
+    norms: Option<NormsOnTheWay<T>>,
 ) {
     let (w, _) = rows_shape::<T>(isa);
     assert_eq!(job.q.len(), job.q_panels * w * job.d, "packed queries");
@@ -786,15 +820,28 @@ pub fn score_rows<T: Real, C: Candidates<T>>(
     if let Some(scale) = job.scale {
         assert_eq!(scale.len(), job.n, "one scale per database row");
     }
+    if let Some(on_the_way) = &norms {
+        assert!(
+            queries <= FILTER_QUERIES && job.q_panels == 1,
+            "norms on the way: few queries"
+        );
+        assert!(
+            job.scale.is_none() && job.kind == Accumulator::Dot,
+            "norms on the way: cosine"
+        );
+        assert_eq!(on_the_way.norms.len(), job.n, "one norm per database row");
+    }
     match effective(isa) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `effective` returned Avx512 only because this CPU has avx512f and fma.
-        Isa::Avx512 => unsafe { x86::avx512_rows(job, candidates, queries) },
+        Isa::Avx512 => unsafe { x86::avx512_rows(job, candidates, queries, norms) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `effective` returned Avx2 only because this CPU has avx2 and fma.
-        Isa::Avx2 => unsafe { x86::avx2_rows(job, candidates, queries) },
+        Isa::Avx2 => unsafe { x86::avx2_rows(job, candidates, queries, norms) },
         // SAFETY: portable lanes use no instructions beyond the target's baseline.
-        _ => unsafe { run_rows::<T, T::PortableLanes, C, PORTABLE_ROWS>(job, candidates, queries) },
+        _ => unsafe {
+            run_rows::<T, T::PortableLanes, C, PORTABLE_ROWS>(job, candidates, queries, norms)
+        },
     }
 }
 
@@ -817,15 +864,18 @@ unsafe fn run_rows<T: Real, V: Lanes<T>, C: Candidates<T>, const G: usize>(
     job: RowJob<T>,
     candidates: &mut C,
     queries: usize,
+    norms: Option<NormsOnTheWay<T>>,
 ) {
     unsafe {
         match job.kind {
-            Accumulator::Dot => run_rows_with::<T, V, DotAcc, C, G>(job, candidates, queries),
+            Accumulator::Dot => {
+                run_rows_with::<T, V, DotAcc, C, G>(job, candidates, queries, norms)
+            }
             Accumulator::SquaredDiff => {
-                run_rows_with::<T, V, SquaredDiffAcc, C, G>(job, candidates, queries)
+                run_rows_with::<T, V, SquaredDiffAcc, C, G>(job, candidates, queries, norms)
             }
             Accumulator::AbsDiff => {
-                run_rows_with::<T, V, AbsDiffAcc, C, G>(job, candidates, queries)
+                run_rows_with::<T, V, AbsDiffAcc, C, G>(job, candidates, queries, norms)
             }
         }
     }
@@ -838,7 +888,18 @@ unsafe fn run_rows_with<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, c
     job: RowJob<T>,
     candidates: &mut C,
     queries: usize,
+    norms: Option<NormsOnTheWay<T>>,
 ) {
+    if let Some(norms) = norms {
+        // SAFETY: forwarded; `score_rows` checked the filter's conditions.
+        return unsafe {
+            filter_rows_with::<T, V, A, C, true>(job, candidates, queries, Some(norms))
+        };
+    }
+    if queries <= FILTER_QUERIES && job.q_panels == 1 {
+        // SAFETY: forwarded.
+        return unsafe { filter_rows_with::<T, V, A, C, false>(job, candidates, queries, None) };
+    }
     let (w, d) = (V::W, job.d);
     let groups = job.n.div_ceil(G);
     // Group g pulls in the same rows of the next block: G rows, spread over its d steps.
@@ -998,6 +1059,292 @@ unsafe fn emit_rows<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, const
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The few-query filter (one query or two): whole vectors along the coordinates
+// ---------------------------------------------------------------------------------------------
+
+/// Most queries the row-streaming call hands to the filter (measured: benchmarks/RESULTS.md,
+/// "One query").
+pub const FILTER_QUERIES: usize = 2;
+
+/// Cosine norms a row-streaming call computes on its way through the rows (the database norms
+/// are not known yet): the filter reads each row once for both, where a separate pass would
+/// leave the memory idle while it computes.
+pub struct NormsOnTheWay<'a, T> {
+    /// One per row of the job: `pairwise::cosine_norm`'s bits.
+    pub norms: &'a mut [T],
+    /// The factor a row's scores are multiplied by, from its norm (`pairwise::cosine_scale`).
+    pub scale: fn(T) -> T,
+}
+
+/// A few queries against database rows where they lie, one query and one row at a time, each
+/// row read along its coordinates in whole vectors: the speed of a matrix-vector product,
+/// where the row-streaming kernel gives one query one lane in `W`.
+///
+/// These sums run in another order than the one every score must have (`BLOCK`), so they only
+/// filter: a row goes on to its exact score (`offer_exact`) unless its filter score, widened by
+/// a bound on the rounding of both orders (`FilterBound`), cannot beat the query's bar. The
+/// bound is rigorous, so no row whose exact score would have been offered is lost and every
+/// score offered is the exact one: the results have the same bits as the row-streaming
+/// kernel's. With `NORMS` the first query's pass also computes each row's cosine norm while the
+/// row is in L1 (`job.scale` is then unused).
+///
+/// One row at a time, the rows' next block pulled toward L2 in address order, measured faster
+/// than 2 to 16 rows at a time (more concurrent streams) at two threads.
+///
+/// # Safety
+/// As `run_rows`; `job.q_panels == 1`, `queries <= W`, and `norms` is given iff `NORMS`.
+#[inline(always)]
+unsafe fn filter_rows_with<
+    T: Real,
+    V: Lanes<T>,
+    A: Accumulate,
+    C: Candidates<T>,
+    const NORMS: bool,
+>(
+    job: RowJob<T>,
+    candidates: &mut C,
+    queries: usize,
+    norms: Option<NormsOnTheWay<T>>,
+) {
+    // SAFETY (all arms): forwarded; each QN covers `queries`.
+    unsafe {
+        match queries {
+            0 => {}
+            1 => filter_rows_qn::<T, V, A, C, NORMS, 1>(job, candidates, queries, norms),
+            _ => filter_rows_qn::<T, V, A, C, NORMS, 2>(job, candidates, queries, norms),
+        }
+    }
+}
+
+/// `filter_rows_with` for up to `QN` queries, all in one pass over the rows.
+///
+/// # Safety
+/// As `filter_rows_with`; `queries <= QN`.
+#[inline(always)]
+unsafe fn filter_rows_qn<
+    T: Real,
+    V: Lanes<T>,
+    A: Accumulate,
+    C: Candidates<T>,
+    const NORMS: bool,
+    const QN: usize,
+>(
+    job: RowJob<T>,
+    candidates: &mut C,
+    queries: usize,
+    mut norms: Option<NormsOnTheWay<T>>,
+) {
+    let (w, d, n) = (V::W, job.d, job.n);
+    assert!(job.q_panels == 1 && queries <= w.min(QN) && norms.is_some() == NORMS);
+    let bound = FilterBound::new::<T>(d, w);
+    let full = d / w * w;
+    let padded = d.div_ceil(w) * w;
+    // The queries one after another, each zero-padded to whole vectors (padding queries: 0).
+    let mut q = vec![T::ZERO; QN * padded];
+    for i in 0..queries {
+        for k in 0..d {
+            q[i * padded + k] = job.q[k * w + i];
+        }
+    }
+    // |q|, rounded up (its f64 sum is far more accurate than the bound's room).
+    let q_norm: [f64; QN] = array::from_fn(|i| {
+        let qi = &q[i * padded..(i + 1) * padded];
+        qi.iter()
+            .map(|x| x.to_f64() * x.to_f64())
+            .sum::<f64>()
+            .sqrt()
+            * (1.0 + 1e-12)
+    });
+    // Dot without a scale (the dot metric) bounds the terms' magnitudes by summing them.
+    let magnitudes = A::SIGNED && job.scale.is_none() && !NORMS;
+    // The norms' squares as the rows stream by, where they are exact (f32 in f64) and so have
+    // `sum_squares`' bits whatever the instructions; f64 rows take `sum_squares` itself. Only
+    // whole vectors of coordinates at multiples of W fit `add_squares`' layout.
+    let squares_here = NORMS && T::BYTES == 4 && ROW_ACCS.is_multiple_of(w);
+    let mut tail = [T::ZERO; MAX_NR];
+    let pf_end = job.prefetch.as_ptr_range().end.cast::<u8>();
+    let lines_per_step = (w * T::BYTES).div_ceil(64);
+    let mut bars: [Option<T>; QN] =
+        array::from_fn(|i| if i < queries { candidates.bar(i) } else { None });
+    for row in 0..n {
+        let values = &job.db[row * d..(row + 1) * d];
+        let at = values.as_ptr();
+        // The same row of the next block, toward L2, a line per step.
+        let pf = job.prefetch.as_ptr().wrapping_add(row * d).cast::<u8>();
+        let mut acc = [V::zero(); QN];
+        let mut mag = [V::zero(); QN];
+        let mut squares = [0.0f64; ROW_ACCS];
+        // SAFETY: forwarded; every load reads `w` values of the row, of `tail` or of `q`.
+        unsafe {
+            let mut c = 0;
+            while c < full {
+                for line in 0..lines_per_step {
+                    let p = pf.wrapping_add(c * T::BYTES + line * 64);
+                    if p < pf_end {
+                        prefetch_l2(p);
+                    }
+                }
+                let b = V::load(std::slice::from_raw_parts(at.add(c), w));
+                if squares_here {
+                    b.add_squares(c, &mut squares);
+                }
+                for i in 0..QN {
+                    let qv = V::load(&q[i * padded + c..]);
+                    acc[i] = A::step::<T, V>(acc[i], qv, b);
+                    if magnitudes {
+                        mag[i] = V::mul_add(V::abs(qv), V::abs(b), mag[i]);
+                    }
+                }
+                c += w;
+            }
+            if c < d {
+                tail[..w].fill(T::ZERO);
+                tail[..d - c].copy_from_slice(&values[c..]);
+                let b = V::load(&tail[..w]);
+                if squares_here {
+                    b.add_squares(c, &mut squares);
+                }
+                for i in 0..QN {
+                    let qv = V::load(&q[i * padded + c..]);
+                    acc[i] = A::step::<T, V>(acc[i], qv, b);
+                    if magnitudes {
+                        mag[i] = V::mul_add(V::abs(qv), V::abs(b), mag[i]);
+                    }
+                }
+            }
+        }
+        let scale = match norms.as_mut() {
+            Some(on_the_way) => {
+                let mut sum = 0.0;
+                if squares_here {
+                    sum = reduce_accs(&squares);
+                } else {
+                    sum_squares_rows(values, d, std::slice::from_mut(&mut sum));
+                }
+                let norm = T::from_f64(sum.sqrt());
+                on_the_way.norms[row] = norm;
+                Some((on_the_way.scale)(norm))
+            }
+            None => job.scale.map(|s| s[row]),
+        };
+        for i in 0..queries {
+            // SAFETY: forwarded.
+            let sum = unsafe { acc[i].reduce_add() }.to_f64();
+            let size = match scale {
+                _ if !A::SIGNED => sum,
+                // Cauchy-Schwarz: the terms' magnitudes add up to at most |q| |row|.
+                Some(scale) => q_norm[i] / scale.to_f64(),
+                // SAFETY: forwarded.
+                None => unsafe { mag[i].reduce_add() }.to_f64(),
+            };
+            let (score, slack) = bound.finish::<T, A>(sum, size, scale);
+            let hopeless = match bars[i] {
+                None => false,
+                Some(b) if C::HIGHER => score + slack < b.to_f64(),
+                Some(b) => score - slack > b.to_f64(),
+            };
+            if !hopeless {
+                // SAFETY: forwarded; `row < n`, `i < W`.
+                unsafe { offer_exact::<T, V, A, C>(&job, candidates, i, row, scale) };
+                bars[i] = candidates.bar(i);
+            }
+        }
+    }
+}
+
+/// The exact score of query `i` against database `row` (the row-streaming kernel, one row,
+/// times `scale`), offered to the query's selector if it beats the bar.
+///
+/// # Safety
+/// As `run_rows`; `row < job.n`, `i < W`.
+#[inline(always)]
+unsafe fn offer_exact<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>>(
+    job: &RowJob<T>,
+    candidates: &mut C,
+    i: usize,
+    row: usize,
+    scale: Option<T>,
+) {
+    let d = job.d;
+    let values = &job.db[row * d..(row + 1) * d];
+    let mut buf = [T::ZERO; MAX_NR];
+    // SAFETY: forwarded.
+    unsafe {
+        let [mut s] = micro_rows::<T, V, A, 1>(&job.q[..V::W * d], values, d, Prefetch::NONE);
+        if A::SQRT {
+            s = V::sqrt(s);
+        }
+        if let Some(scale) = scale {
+            s = V::mul(s, V::splat(scale));
+        }
+        s.store(&mut buf);
+    }
+    let score = buf[i];
+    let pass = match candidates.bar(i) {
+        None => true,
+        Some(b) if C::HIGHER => score > b,
+        Some(b) => score < b,
+    };
+    if pass {
+        candidates.offer_row(i, row, &[score], 1);
+    }
+}
+
+/// How far a filter score can be from the exact score of the same pair, from the rounding of
+/// both sums (standard error analysis: a sum whose terms each go through at most `h`
+/// roundings is off by at most `h * u / (1 - h * u)` times the sum of the terms' magnitudes).
+struct FilterBound {
+    /// Relative bound on the two sums' difference, for the terms' magnitude sum, with room.
+    rel: f64,
+    /// Unit roundoff of `T`, for the finishing steps.
+    u: f64,
+    /// Absolute allowance for underflow: every rounding in the subnormal range.
+    tiny: f64,
+}
+
+impl FilterBound {
+    fn new<T: Real>(d: usize, w: usize) -> Self {
+        let u = T::EPSILON.to_f64() / 2.0;
+        // Without a fused multiply-add (portable lanes) each step rounds twice.
+        let per_step = 2.0;
+        let exact = per_step * BLOCK as f64 + d.div_ceil(BLOCK) as f64;
+        // The filter's lanes, then their sum (at most W - 1 more roundings).
+        let filter = per_step * d.div_ceil(w) as f64 + w as f64;
+        let h = exact + filter + 4.0;
+        FilterBound {
+            rel: 2.0 * h * u / (1.0 - h * u).max(0.5),
+            u,
+            tiny: 4.0 * (d as f64 + 1.0) * T::MIN_POSITIVE.to_f64(),
+        }
+    }
+
+    /// The filter's score as the sink would see it (square root, scale), in f64, and how far
+    /// the exact score can be from it. `size` bounds the sum of the terms' magnitudes.
+    #[inline(always)]
+    fn finish<T: Real, A: Accumulate>(&self, sum: f64, size: f64, scale: Option<T>) -> (f64, f64) {
+        let mut score = sum;
+        let mut slack = self.rel * size + self.tiny;
+        if A::SQRT {
+            let root = sum.max(0.0).sqrt();
+            // |sqrt(a) - sqrt(b)| <= sqrt(|a - b|), and <= |a - b| / sqrt(b).
+            slack = slack.sqrt().min(if root > 0.0 {
+                slack / root
+            } else {
+                f64::INFINITY
+            });
+            score = root;
+            slack += 4.0 * self.u * (root + slack);
+        }
+        if let Some(scale) = scale {
+            let scale = scale.to_f64();
+            score *= scale;
+            slack = slack * scale.abs() + 4.0 * self.u * (score.abs() + slack * scale.abs());
+        }
+        (score, slack)
+    }
+}
+
 /// `W` values in a plain array: the fallback for CPUs without the x86 kernels.
 #[derive(Clone, Copy)]
 pub struct Portable<T, const W: usize>([T; W]);
@@ -1074,8 +1421,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{
-        reduce_accs, run, run_rows, Candidates, Lanes, PanelJob, Real, RowJob, RowSum, Sink,
-        AVX2_MR, AVX2_ROWS, AVX512_MR, AVX512_ROWS, ROW_ACCS,
+        reduce_accs, run, run_rows, Candidates, Lanes, NormsOnTheWay, PanelJob, Real, RowJob,
+        RowSum, Sink, AVX2_MR, AVX2_ROWS, AVX512_MR, AVX512_ROWS, ROW_ACCS,
     };
 
     /// # Safety
@@ -1099,8 +1446,9 @@ mod x86 {
         job: RowJob<T>,
         candidates: &mut C,
         queries: usize,
+        norms: Option<NormsOnTheWay<T>>,
     ) {
-        unsafe { run_rows::<T, T::Avx512Lanes, C, AVX512_ROWS>(job, candidates, queries) }
+        unsafe { run_rows::<T, T::Avx512Lanes, C, AVX512_ROWS>(job, candidates, queries, norms) }
     }
 
     /// # Safety
@@ -1110,8 +1458,9 @@ mod x86 {
         job: RowJob<T>,
         candidates: &mut C,
         queries: usize,
+        norms: Option<NormsOnTheWay<T>>,
     ) {
-        unsafe { run_rows::<T, T::Avx2Lanes, C, AVX2_ROWS>(job, candidates, queries) }
+        unsafe { run_rows::<T, T::Avx2Lanes, C, AVX2_ROWS>(job, candidates, queries, norms) }
     }
 
     /// # Safety
@@ -1400,7 +1749,8 @@ mod x86 {
     macro_rules! x86_lanes {
         ($name:ident, $t:ty, $v:ty, $w:expr, $zero:ident, $set1:ident, $loadu:ident, $storeu:ident,
          $fmadd:ident, $add:ident, $sub:ident, $mul:ident, $sqrt:ident, |$x:ident| $abs:expr,
-         |$a:ident, $b:ident| $gt:expr, |$c:ident, $e:ident| $lt:expr) => {
+         |$a:ident, $b:ident| $gt:expr, |$c:ident, $e:ident| $lt:expr, |$h:ident| $hsum:expr,
+         |$sx:ident, $sc:ident, $sacc:ident| $squares:expr) => {
             #[derive(Clone, Copy)]
             pub struct $name($v);
 
@@ -1463,6 +1813,16 @@ mod x86 {
                     let ($c, $e) = (a.0, b.0);
                     unsafe { $lt as u64 }
                 }
+                #[inline(always)]
+                unsafe fn reduce_add(self) -> $t {
+                    let $h = self.0;
+                    unsafe { $hsum }
+                }
+                #[inline(always)]
+                unsafe fn add_squares(self, c: usize, acc: &mut [f64; ROW_ACCS]) {
+                    let ($sx, $sc, $sacc) = (self, c, acc);
+                    unsafe { $squares }
+                }
             }
         };
     }
@@ -1483,7 +1843,22 @@ mod x86 {
         _mm512_sqrt_ps,
         |x| _mm512_abs_ps(x),
         |a, b| _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b),
-        |a, b| _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b)
+        |a, b| _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b),
+        |x| _mm512_reduce_add_ps(x),
+        |x, c, acc| {
+            // Coordinates c..c + 16 (c a multiple of 16) land in acc[c % 32..][..16].
+            debug_assert!(c % 16 == 0);
+            let at = acc[c % ROW_ACCS..c % ROW_ACCS + 16].as_mut_ptr();
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x.0));
+            let hi = _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_shuffle_f32x4::<0xEE>(
+                x.0, x.0,
+            )));
+            _mm512_storeu_pd(at, _mm512_fmadd_pd(lo, lo, _mm512_loadu_pd(at)));
+            _mm512_storeu_pd(
+                at.add(8),
+                _mm512_fmadd_pd(hi, hi, _mm512_loadu_pd(at.add(8))),
+            );
+        }
     );
     x86_lanes!(
         F64x8,
@@ -1501,7 +1876,12 @@ mod x86 {
         _mm512_sqrt_pd,
         |x| _mm512_abs_pd(x),
         |a, b| _mm512_cmp_pd_mask::<_CMP_GT_OQ>(a, b),
-        |a, b| _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b)
+        |a, b| _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b),
+        |x| _mm512_reduce_add_pd(x),
+        |x, c, acc| {
+            let at = acc[c % ROW_ACCS..c % ROW_ACCS + 8].as_mut_ptr();
+            _mm512_storeu_pd(at, _mm512_fmadd_pd(x.0, x.0, _mm512_loadu_pd(at)));
+        }
     );
     x86_lanes!(
         F32x8,
@@ -1519,7 +1899,22 @@ mod x86 {
         _mm256_sqrt_ps,
         |x| _mm256_andnot_ps(_mm256_set1_ps(-0.0), x),
         |a, b| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(a, b)) as u32,
-        |a, b| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) as u32
+        |a, b| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) as u32,
+        |x| {
+            let s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        },
+        |x, c, acc| {
+            let at = acc[c % ROW_ACCS..c % ROW_ACCS + 8].as_mut_ptr();
+            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x.0));
+            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x.0));
+            _mm256_storeu_pd(at, _mm256_fmadd_pd(lo, lo, _mm256_loadu_pd(at)));
+            _mm256_storeu_pd(
+                at.add(4),
+                _mm256_fmadd_pd(hi, hi, _mm256_loadu_pd(at.add(4))),
+            );
+        }
     );
     x86_lanes!(
         F64x4,
@@ -1537,7 +1932,15 @@ mod x86 {
         _mm256_sqrt_pd,
         |x| _mm256_andnot_pd(_mm256_set1_pd(-0.0), x),
         |a, b| _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(a, b)) as u32,
-        |a, b| _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LT_OQ>(a, b)) as u32
+        |a, b| _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LT_OQ>(a, b)) as u32,
+        |x| {
+            let s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd::<1>(x));
+            _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+        },
+        |x, c, acc| {
+            let at = acc[c % ROW_ACCS..c % ROW_ACCS + 4].as_mut_ptr();
+            _mm256_storeu_pd(at, _mm256_fmadd_pd(x.0, x.0, _mm256_loadu_pd(at)));
+        }
     );
 }
 
@@ -1561,7 +1964,10 @@ mod tests {
         assert_eq!(Isa::parse(""), Ok(None));
         assert_eq!(Isa::parse("auto"), Ok(None));
         let error = Isa::parse("sse4").unwrap_err();
-        assert!(error.contains("DASK_VECOPS_ISA=\"sse4\"") && error.contains("avx2"), "{error}");
+        assert!(
+            error.contains("DASK_VECOPS_ISA=\"sse4\"") && error.contains("avx2"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1675,8 +2081,12 @@ mod tests {
     fn dot_scores_follow_the_block_order_bit_for_bit() {
         for d in [1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
             let (nq, n) = (3usize, 37usize);
-            let q: Vec<f32> = (0..nq * d).map(|x| ((x * 7919 % 211) as f32 - 105.0) / 37.0).collect();
-            let db: Vec<f32> = (0..n * d).map(|x| ((x * 104729 % 199) as f32 - 99.0) / 41.0).collect();
+            let q: Vec<f32> = (0..nq * d)
+                .map(|x| ((x * 7919 % 211) as f32 - 105.0) / 37.0)
+                .collect();
+            let db: Vec<f32> = (0..n * d)
+                .map(|x| ((x * 104729 % 199) as f32 - 99.0) / 41.0)
+                .collect();
             for isa in available() {
                 let fused = isa != Isa::Portable || cfg!(target_arch = "aarch64");
                 let want: Vec<u32> = (0..nq * n)
@@ -1686,7 +2096,11 @@ mod tests {
                         for (qa, qb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
                             let mut acc = 0.0f32;
                             for (&x, &y) in qa.iter().zip(qb) {
-                                acc = if fused { x.mul_add(y, acc) } else { x * y + acc };
+                                acc = if fused {
+                                    x.mul_add(y, acc)
+                                } else {
+                                    x * y + acc
+                                };
                             }
                             total += acc;
                         }
@@ -1708,7 +2122,16 @@ mod tests {
                     d,
                     scale: None,
                 };
-                score_store(isa, job, Store { out: &mut out, ld: n, rows: nq, cols: n });
+                score_store(
+                    isa,
+                    job,
+                    Store {
+                        out: &mut out,
+                        ld: n,
+                        rows: nq,
+                        cols: n,
+                    },
+                );
                 let got: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
                 assert_eq!(got, want, "{isa:?} d={d}");
             }
@@ -1906,7 +2329,7 @@ mod tests {
                         scale: sc.map(|s| &s[..n]),
                         prefetch: &db[..10],
                     };
-                    score_rows(isa, job, &mut b, nq);
+                    score_rows(isa, job, &mut b, nq, None);
                     a.0.sort();
                     b.0.sort();
                     assert_eq!(a.0.len(), nq * n);

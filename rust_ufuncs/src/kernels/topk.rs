@@ -15,9 +15,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::pairwise::{fill_norms, Rows, Scorer};
+use super::pairwise::{cosine_scale, fill_norms, Rows, Scorer};
 use super::scratch::Buf;
-use super::simd::{self, score_select, Candidates, PanelJob, RowJob, Select};
+use super::simd::{self, score_select, Candidates, NormsOnTheWay, PanelJob, RowJob, Select};
 use super::{threads, Metric, Real};
 
 /// The id written to places no candidate filled.
@@ -340,10 +340,31 @@ impl<T: Real> Problem<'_, T> {
         let n = scorer.db.n;
         if rows_path {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
+            // Unknown cosine norms: the few-query filter computes them as it reads the rows.
+            let on_the_way =
+                nq <= simd::FILTER_QUERIES && scorer.cosine() && scorer.db_norms.is_none();
+            let mut own_norms = Buf::take();
             for start in (0..n).step_by(block) {
                 let rows = start..(start + block).min(n);
                 let out = norms_out.as_deref_mut().map(|n| &mut n[rows.clone()]);
-                let scaled = scorer.db_scale(rows.clone(), rows.len(), &mut scale, out);
+                let (scaled, norms) = if on_the_way {
+                    let norms = out.unwrap_or_else(|| {
+                        own_norms.resize(rows.len(), T::ZERO);
+                        &mut own_norms[..rows.len()]
+                    });
+                    (
+                        false,
+                        Some(NormsOnTheWay {
+                            norms,
+                            scale: cosine_scale::<T>,
+                        }),
+                    )
+                } else {
+                    (
+                        scorer.db_scale(rows.clone(), rows.len(), &mut scale, out),
+                        None,
+                    )
+                };
                 let next = rows.end..(rows.end + block).min(n);
                 let job = RowJob {
                     kind: scorer.kind(),
@@ -360,7 +381,7 @@ impl<T: Real> Problem<'_, T> {
                     exclude,
                     base: base + start,
                 };
-                simd::score_rows(scorer.isa, job, &mut candidates, nq);
+                simd::score_rows(scorer.isa, job, &mut candidates, nq, norms);
             }
         } else {
             scorer.pack_queries(g.clone(), &mut q_packed);
@@ -780,6 +801,118 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rows built to tie with query 0 (row 0 scaled, or with every coordinate a few units in the
+    /// last place away, and exact copies of row 1) or to cancel (large values of both signs),
+    /// plus a NaN, an infinite and a zero row: the few-query filter's sums differ from the
+    /// exact ones most there.
+    fn near_ties<T: Real>(rng: &mut Lcg, ndb: usize, d: usize) -> Vec<T> {
+        let mut db: Vec<T> = random_matrix(rng, ndb, d);
+        let eps = T::EPSILON.to_f64();
+        for r in 2..ndb.min(300) {
+            let scale = 1.0 + rng.next_f64() / 2.0;
+            for c in 0..d {
+                let (x, y) = (db[c].to_f64(), db[d + c].to_f64());
+                db[r * d + c] = T::from_f64(match r % 4 {
+                    0 => y,
+                    1 => x * scale,
+                    2 => x * (1.0 + 3.0 * rng.next_f64() * eps),
+                    _ if c == r % d => x * (1.0 + 4.0 * rng.next_f64() * eps),
+                    _ => x,
+                });
+            }
+        }
+        for r in 300..ndb.min(400) {
+            for c in 0..d {
+                let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
+                db[r * d + c] = T::from_f64(sign * 1e6 + rng.next_f64());
+            }
+        }
+        let last = ndb - 1;
+        db[last * d] = T::NAN;
+        db[(last - 1) * d] = T::INFINITY;
+        db[(last - 2) * d..(last - 1) * d].fill(T::ZERO);
+        db
+    }
+
+    /// One or two queries go through the few-query filter (`simd::FILTER_QUERIES`); five
+    /// through the row-streaming kernel, 200 through the packed panels. All give the same bits,
+    /// on every ISA, with norms given or computed on the way.
+    fn filter_gives_the_exact_bits<T: Real>() {
+        let mut rng = Lcg::new(31);
+        for d in [3, 16, 37, 100, 385] {
+            let ndb = 1500;
+            let db: Vec<T> = near_ties(&mut rng, ndb, d);
+            let mut q: Vec<T> = random_matrix(&mut rng, 200, d);
+            q[..d].copy_from_slice(&db[..d]);
+            // Against the rows of alternating signs, terms of +-1e12 that cancel in fours.
+            for c in 0..d {
+                let sign = if (c / 2) % 2 == 0 { 1.0 } else { -1.0 };
+                q[d + c] = T::from_f64(sign * 1e6 + rng.next_f64());
+            }
+            let exclude: Vec<i64> = (0..200).map(|i| if i == 1 { 3 } else { -1 }).collect();
+            let norms: Vec<T> = (0..ndb)
+                .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
+                .collect();
+            for isa in simd::available() {
+                for metric in METRICS {
+                    for k in [1, 5, 60] {
+                        let solve = |nq: usize, norms: Option<&[T]>| {
+                            let mut scorer = Scorer::new(
+                                metric,
+                                Rows::new(&q[..nq * d], nq, d),
+                                Rows::new(&db, ndb, d),
+                            );
+                            scorer.isa = isa;
+                            scorer.db_norms = if metric == Metric::Cosine {
+                                norms
+                            } else {
+                                None
+                            };
+                            let problem = Problem {
+                                scorer,
+                                exclude: Some(&exclude[..nq]),
+                                k,
+                                max_group: 256,
+                            };
+                            let mut out: Out<T> = (vec![T::ZERO; nq * k], vec![0; nq * k]);
+                            if metric.higher_is_better() {
+                                problem.solve::<true>(0..nq, 0, None, &mut out.0, &mut out.1);
+                            } else {
+                                problem.solve::<false>(0..nq, 0, None, &mut out.0, &mut out.1);
+                            }
+                            let (s, i) = bits(&out);
+                            (s[..2.min(nq) * k].to_vec(), i[..2.min(nq) * k].to_vec())
+                        };
+                        let panel = solve(200, None);
+                        let rows = solve(5, None);
+                        assert_eq!(rows, panel, "{isa:?} {metric:?} d={d} k={k}: row kernel");
+                        for nq in [1, 2] {
+                            for given in [None, Some(&norms[..])] {
+                                let want = (panel.0[..nq * k].to_vec(), panel.1[..nq * k].to_vec());
+                                assert_eq!(
+                                    solve(nq, given),
+                                    want,
+                                    "{isa:?} {metric:?} d={d} k={k} nq={nq} norms given: {}",
+                                    given.is_some()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_few_query_filter_gives_the_exact_bits_f32() {
+        filter_gives_the_exact_bits::<f32>();
+    }
+
+    #[test]
+    fn the_few_query_filter_gives_the_exact_bits_f64() {
+        filter_gives_the_exact_bits::<f64>();
     }
 
     #[test]
