@@ -25,8 +25,8 @@ BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 CASES = {
     "1": [("1,000 queries, k=10", ["--queries", "1000"], None)],
     "2": [
-        ("1 query, k=10", ["--queries", "1", "--repeat", "5"], None),
-        ("16 queries, k=10", ["--queries", "16", "--repeat", "5"], None),
+        ("1 query, k=10", ["--queries", "1", "--repeat", "9"], None),
+        ("16 queries, k=10", ["--queries", "16", "--repeat", "9"], None),
     ],
     "3": [("self-join, k=10", ["--rows", "100000", "--self-join", "--chunk-rows", "10000"],
            ["rust", "faiss", "numpy brute", "recipe"])],
