@@ -52,12 +52,19 @@ def main() -> None:
     print(json.dumps(result) if args.json else _table(result))
 
 
+# Seconds to wait before each timed run: BLAS and OpenMP worker threads spin for a while after
+# a call (OpenBLAS about 2**28 cycles), and on two cores the next contender would share them
+# with the spinning threads (SimSIMD's cdist measured 47 ms right after scikit-learn, 34 ms alone).
+SETTLE_SECONDS = 0.5
+
+
 def _rounds(args, contenders, q, db):
     """Best time of each contender (with its first ids) and the read times, over ``--repeat``
     rounds that run every contender once in turn: this VM's memory bandwidth drifts by a
     quarter within minutes, and rounds spread the drift over all contenders alike."""
     best, reads = {name: (None, None) for name, _, _ in contenders}, []
     for _ in range(args.repeat):
+        time.sleep(SETTLE_SECONDS)
         reads.append(_read_seconds(db))
         for name, run, prepare in contenders:
             if isinstance(best[name][1], ImportError):
@@ -65,6 +72,7 @@ def _rounds(args, contenders, q, db):
             try:
                 if prepare is not None:
                     prepare(q, db, args.k)
+                time.sleep(SETTLE_SECONDS)
                 seconds, ids = _timed(lambda: run(q, db, args.k))
             except ImportError as err:
                 best[name] = (None, err)

@@ -1148,14 +1148,8 @@ unsafe fn filter_rows_qn<
         }
     }
     // |q|, rounded up (its f64 sum is far more accurate than the bound's room).
-    let q_norm: [f64; QN] = array::from_fn(|i| {
-        let qi = &q[i * padded..(i + 1) * padded];
-        qi.iter()
-            .map(|x| x.to_f64() * x.to_f64())
-            .sum::<f64>()
-            .sqrt()
-            * (1.0 + 1e-12)
-    });
+    let q_norm: [f64; QN] =
+        array::from_fn(|i| sum_squares(&q[i * padded..(i + 1) * padded]).sqrt() * (1.0 + 1e-12));
     // Dot without a scale (the dot metric) bounds the terms' magnitudes by summing them.
     let magnitudes = A::SIGNED && job.scale.is_none() && !NORMS;
     // The norms' squares as the rows stream by, where they are exact (f32 in f64) and so have
@@ -1170,34 +1164,53 @@ unsafe fn filter_rows_qn<
     for row in 0..n {
         let values = &job.db[row * d..(row + 1) * d];
         let at = values.as_ptr();
-        // The same row of the next block, toward L2, a line per step.
+        // The same row of the next block, toward L2, a line per step (none past its end).
         let pf = job.prefetch.as_ptr().wrapping_add(row * d).cast::<u8>();
-        let mut acc = [V::zero(); QN];
-        let mut mag = [V::zero(); QN];
+        let pf_lines = if pf.wrapping_add(full * T::BYTES) <= pf_end {
+            lines_per_step
+        } else {
+            0
+        };
+        // Two sums per query, alternate vectors: half the dependent chain of one.
+        let mut acc = [[V::zero(); QN]; 2];
+        let mut mag = [[V::zero(); QN]; 2];
         let mut squares = [0.0f64; ROW_ACCS];
-        // SAFETY: forwarded; every load reads `w` values of the row, of `tail` or of `q`.
+        let row_q = RowStep {
+            at,
+            pf,
+            pf_lines,
+            q: q.as_ptr(),
+            padded,
+            magnitudes,
+            squares_here,
+        };
+        // Whole turns of the squares' accumulators first: their slots are then constants, and
+        // the accumulators stay in registers.
+        let turn = ROW_ACCS.max(w);
+        let mut c = 0;
+        // SAFETY (both loops): forwarded; c + w <= full <= d.
         unsafe {
-            let mut c = 0;
+            while c + turn <= full {
+                for j in 0..turn / w {
+                    row_q.step::<V, A, QN>(
+                        c + j * w,
+                        j * w % ROW_ACCS,
+                        &mut acc[j % 2],
+                        &mut mag[j % 2],
+                        &mut squares,
+                    );
+                }
+                c += turn;
+            }
             while c < full {
-                for line in 0..lines_per_step {
-                    let p = pf.wrapping_add(c * T::BYTES + line * 64);
-                    if p < pf_end {
-                        prefetch_l2(p);
-                    }
-                }
-                let b = V::load(std::slice::from_raw_parts(at.add(c), w));
-                if squares_here {
-                    b.add_squares(c, &mut squares);
-                }
-                for i in 0..QN {
-                    let qv = V::load(&q[i * padded + c..]);
-                    acc[i] = A::step::<T, V>(acc[i], qv, b);
-                    if magnitudes {
-                        mag[i] = V::mul_add(V::abs(qv), V::abs(b), mag[i]);
-                    }
-                }
+                let half = c / w % 2;
+                let (acc, mag) = (&mut acc[half], &mut mag[half]);
+                row_q.step::<V, A, QN>(c, c % ROW_ACCS, acc, mag, &mut squares);
                 c += w;
             }
+        }
+        // SAFETY: forwarded; every load reads `w` values of `tail` or of `q`.
+        unsafe {
             if c < d {
                 tail[..w].fill(T::ZERO);
                 tail[..d - c].copy_from_slice(&values[c..]);
@@ -1207,9 +1220,9 @@ unsafe fn filter_rows_qn<
                 }
                 for i in 0..QN {
                     let qv = V::load(&q[i * padded + c..]);
-                    acc[i] = A::step::<T, V>(acc[i], qv, b);
+                    acc[0][i] = A::step::<T, V>(acc[0][i], qv, b);
                     if magnitudes {
-                        mag[i] = V::mul_add(V::abs(qv), V::abs(b), mag[i]);
+                        mag[0][i] = V::mul_add(V::abs(qv), V::abs(b), mag[0][i]);
                     }
                 }
             }
@@ -1230,13 +1243,13 @@ unsafe fn filter_rows_qn<
         };
         for i in 0..queries {
             // SAFETY: forwarded.
-            let sum = unsafe { acc[i].reduce_add() }.to_f64();
+            let sum = unsafe { V::add(acc[0][i], acc[1][i]).reduce_add() }.to_f64();
             let size = match scale {
                 _ if !A::SIGNED => sum,
                 // Cauchy-Schwarz: the terms' magnitudes add up to at most |q| |row|.
                 Some(scale) => q_norm[i] / scale.to_f64(),
                 // SAFETY: forwarded.
-                None => unsafe { mag[i].reduce_add() }.to_f64(),
+                None => unsafe { V::add(mag[0][i], mag[1][i]).reduce_add() }.to_f64(),
             };
             let (score, slack) = bound.finish::<T, A>(sum, size, scale);
             let hopeless = match bars[i] {
@@ -1248,6 +1261,58 @@ unsafe fn filter_rows_qn<
                 // SAFETY: forwarded; `row < n`, `i < W`.
                 unsafe { offer_exact::<T, V, A, C>(&job, candidates, i, row, scale) };
                 bars[i] = candidates.bar(i);
+            }
+        }
+    }
+}
+
+/// What one step of the filter needs of its row: where the row and the prefetch lie, the
+/// padded queries, and which of the extra sums to keep.
+struct RowStep<T> {
+    /// The row's first value.
+    at: *const T,
+    /// Where the next block's same row lies, and the lines to pull per step (0: none).
+    pf: *const u8,
+    pf_lines: usize,
+    /// `QN` queries of `padded` values each, one after another.
+    q: *const T,
+    padded: usize,
+    magnitudes: bool,
+    squares_here: bool,
+}
+
+impl<T: Real> RowStep<T> {
+    /// The vector of coordinates `c..c + W`: its squares go to `squares` from `slot`
+    /// (`c % ROW_ACCS`), its products with each query to `acc` (and `mag`).
+    ///
+    /// # Safety
+    /// As `filter_rows_with`; `c + W` within the row and within `padded`.
+    #[inline(always)]
+    unsafe fn step<V: Lanes<T>, A: Accumulate, const QN: usize>(
+        &self,
+        c: usize,
+        slot: usize,
+        acc: &mut [V; QN],
+        mag: &mut [V; QN],
+        squares: &mut [f64; ROW_ACCS],
+    ) {
+        unsafe {
+            for line in 0..self.pf_lines {
+                prefetch_l2(self.pf.wrapping_add(c * T::BYTES + line * 64));
+            }
+            let b = V::load(std::slice::from_raw_parts(self.at.add(c), V::W));
+            if self.squares_here {
+                b.add_squares(slot, squares);
+            }
+            for i in 0..QN {
+                let qv = V::load(std::slice::from_raw_parts(
+                    self.q.add(i * self.padded + c),
+                    V::W,
+                ));
+                acc[i] = A::step::<T, V>(acc[i], qv, b);
+                if self.magnitudes {
+                    mag[i] = V::mul_add(V::abs(qv), V::abs(b), mag[i]);
+                }
             }
         }
     }
@@ -1309,8 +1374,9 @@ impl FilterBound {
         // Without a fused multiply-add (portable lanes) each step rounds twice.
         let per_step = 2.0;
         let exact = per_step * BLOCK as f64 + d.div_ceil(BLOCK) as f64;
-        // The filter's lanes, then their sum (at most W - 1 more roundings).
-        let filter = per_step * d.div_ceil(w) as f64 + w as f64;
+        // The filter's lanes (two sums of alternate vectors, then one add), then their sum (at
+        // most W - 1 more roundings).
+        let filter = per_step * d.div_ceil(w) as f64 + 1.0 + w as f64;
         let h = exact + filter + 4.0;
         FilterBound {
             rel: 2.0 * h * u / (1.0 - h * u).max(0.5),
