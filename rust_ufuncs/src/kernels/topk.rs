@@ -310,8 +310,9 @@ impl<T: Real> Problem<'_, T> {
         }
     }
 
-    /// One scan of the database for queries `g`: the row-streaming kernel for few queries,
-    /// the packed-panel kernel for more.
+    /// One scan of the database for queries `g`: the row-streaming kernel for few queries
+    /// (behind the few-query filter for one or two, `simd::FILTER_QUERIES`), the packed-panel
+    /// kernel for more.
     #[allow(clippy::too_many_arguments)]
     fn scan<const HIGHER: bool>(
         &self,
