@@ -38,14 +38,14 @@ def main() -> None:
     reference = _reference_sample(q, db, args.k, args.check, args.self_join)
     contenders = [c for c in _contenders(args, db)
                   if not args.only or any(o.lower() in c[0].lower() for o in args.only)]
-    best, reads = _rounds(args, contenders, q, db)
+    times, ids, skipped, reads = _rounds(args, contenders, q, db)
     rows = []
     for name, _, _ in contenders:
-        seconds, ids = best[name]
-        if seconds is None:
-            print(f"# {name}: skipped ({ids})", flush=True)
+        if name in skipped:
+            print(f"# {name}: skipped ({skipped[name]})", flush=True)
             continue
-        rows.append({"name": name, "seconds": seconds, "recall": _recall(ids, reference)})
+        seconds = min(times[name])
+        rows.append({"name": name, "seconds": seconds, "recall": _recall(ids[name], reference)})
         print(f"# {name}: {seconds:.3f} s", flush=True)
     limits = {"sgemm_gflops": sgemm, "read_seconds": min(reads)}
     result = {"case": vars(args), "environment": _environment(), **limits, "rows": rows}
@@ -59,15 +59,15 @@ SETTLE_SECONDS = 0.5
 
 
 def _rounds(args, contenders, q, db):
-    """Best time of each contender (with its first ids) and the read times, over ``--repeat``
-    rounds that run every contender once in turn: this VM's memory bandwidth drifts by a
-    quarter within minutes, and rounds spread the drift over all contenders alike."""
-    best, reads = {name: (None, None) for name, _, _ in contenders}, []
+    """Times of each contender, its first ids, the contenders skipped (ImportError) and the read
+    times, over ``--repeat`` rounds that run every contender once in turn: this VM's memory
+    bandwidth drifts by a quarter within minutes, and rounds spread the drift over all alike."""
+    times, first_ids, skipped, reads = {}, {}, {}, []
     for _ in range(args.repeat):
         time.sleep(SETTLE_SECONDS)
         reads.append(_read_seconds(db))
         for name, run, prepare in contenders:
-            if isinstance(best[name][1], ImportError):
+            if name in skipped:
                 continue
             try:
                 if prepare is not None:
@@ -75,11 +75,11 @@ def _rounds(args, contenders, q, db):
                 time.sleep(SETTLE_SECONDS)
                 seconds, ids = _timed(lambda: run(q, db, args.k))
             except ImportError as err:
-                best[name] = (None, err)
+                skipped[name] = err
                 continue
-            if best[name][0] is None or seconds < best[name][0]:
-                best[name] = (seconds, np.asarray(ids) if best[name][1] is None else best[name][1])
-    return best, reads
+            times.setdefault(name, []).append(seconds)
+            first_ids.setdefault(name, np.asarray(ids))
+    return times, first_ids, skipped, reads
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1209,22 +1209,13 @@ unsafe fn filter_rows_qn<
                 c += w;
             }
         }
-        // SAFETY: forwarded; every load reads `w` values of `tail` or of `q`.
-        unsafe {
-            if c < d {
-                tail[..w].fill(T::ZERO);
-                tail[..d - c].copy_from_slice(&values[c..]);
+        if c < d {
+            tail[..w].fill(T::ZERO);
+            tail[..d - c].copy_from_slice(&values[c..]);
+            // SAFETY: forwarded; `tail` holds `w` values and `c + w <= padded`.
+            unsafe {
                 let b = V::load(&tail[..w]);
-                if squares_here {
-                    b.add_squares(c, &mut squares);
-                }
-                for i in 0..QN {
-                    let qv = V::load(&q[i * padded + c..]);
-                    acc[0][i] = A::step::<T, V>(acc[0][i], qv, b);
-                    if magnitudes {
-                        mag[0][i] = V::mul_add(V::abs(qv), V::abs(b), mag[0][i]);
-                    }
-                }
+                row_q.add::<V, A, QN>(b, c, c % ROW_ACCS, &mut acc[0], &mut mag[0], &mut squares);
             }
         }
         let scale = match norms.as_mut() {
@@ -1301,6 +1292,25 @@ impl<T: Real> RowStep<T> {
                 prefetch_l2(self.pf.wrapping_add(c * T::BYTES + line * 64));
             }
             let b = V::load(std::slice::from_raw_parts(self.at.add(c), V::W));
+            self.add::<V, A, QN>(b, c, slot, acc, mag, squares);
+        }
+    }
+
+    /// Adds `b`, the row's coordinates `c..c + W` (zero-padded past the row's end), to the sums.
+    ///
+    /// # Safety
+    /// As `step`, with `b` given.
+    #[inline(always)]
+    unsafe fn add<V: Lanes<T>, A: Accumulate, const QN: usize>(
+        &self,
+        b: V,
+        c: usize,
+        slot: usize,
+        acc: &mut [V; QN],
+        mag: &mut [V; QN],
+        squares: &mut [f64; ROW_ACCS],
+    ) {
+        unsafe {
             if self.squares_here {
                 b.add_squares(slot, squares);
             }
@@ -2014,6 +2024,14 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// `len` values in about [-2.8, 2.8] with no pattern the kernels could align to: multiples of
+    /// a large prime folded into `modulus`, centred and divided by `scale`.
+    fn spread(len: usize, prime: usize, modulus: usize, scale: f32) -> Vec<f32> {
+        (0..len)
+            .map(|x| ((x * prime % modulus) as f32 - (modulus / 2) as f32) / scale)
+            .collect()
+    }
+
     #[test]
     fn detect_is_available_first() {
         assert_eq!(available()[0], best());
@@ -2147,12 +2165,8 @@ mod tests {
     fn dot_scores_follow_the_block_order_bit_for_bit() {
         for d in [1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
             let (nq, n) = (3usize, 37usize);
-            let q: Vec<f32> = (0..nq * d)
-                .map(|x| ((x * 7919 % 211) as f32 - 105.0) / 37.0)
-                .collect();
-            let db: Vec<f32> = (0..n * d)
-                .map(|x| ((x * 104729 % 199) as f32 - 99.0) / 41.0)
-                .collect();
+            let q = spread(nq * d, 7919, 211, 37.0);
+            let db = spread(n * d, 104729, 199, 41.0);
             for isa in available() {
                 let fused = isa != Isa::Portable || cfg!(target_arch = "aarch64");
                 let want: Vec<u32> = (0..nq * n)
@@ -2343,12 +2357,8 @@ mod tests {
             }
         }
         let (nq, n, d) = (5usize, 53usize, 37usize);
-        let q: Vec<f32> = (0..nq * d)
-            .map(|x| ((x * 7919 % 211) as f32 - 105.0) / 50.0)
-            .collect();
-        let db: Vec<f32> = (0..n * d)
-            .map(|x| ((x * 104729 % 199) as f32 - 99.0) / 40.0)
-            .collect();
+        let q = spread(nq * d, 7919, 211, 50.0);
+        let db = spread(n * d, 104729, 199, 40.0);
         for isa in available() {
             let (mr, nr) = panel_shape::<f32>(isa);
             let (w, _) = rows_shape::<f32>(isa);
