@@ -23,7 +23,8 @@ import os
 import subprocess
 import sys
 
-CORETYPES = {"avx512": "SkylakeX", "avx2": "Haswell", "portable": "Prescott"}
+CORETYPES = {
+    "avx512bf16": "SkylakeX", "avx512": "SkylakeX", "avx2": "Haswell", "portable": "Prescott"}
 
 
 def main() -> None:

@@ -22,13 +22,13 @@ dask.config.update_defaults(DEFAULTS)
 
 # Read by the Rust extension, not by dask.config: the instruction set its kernels may use at most.
 ISA_ENV = "DASK_VECOPS_ISA"
-ISA_VALUES = ("auto", "avx512", "avx2", "portable")
+ISA_VALUES = ("auto", "avx512bf16", "avx512", "avx2", "portable")
 
 
 def check_isa_env() -> None:
     """Refuses a ``DASK_VECOPS_ISA`` that names no instruction set, at ``import dask_vecops``
     rather than at the first kernel call (the Rust extension, which reads the variable, takes
-    the same names: ``Isa::parse`` in ``rust_ufuncs/src/kernels/simd.rs``).
+    the same names: ``Isa::parse`` in ``rust_ufuncs/src/kernels/simd/mod.rs``).
 
     >>> import os
     >>> os.environ.get("DASK_VECOPS_ISA", "auto") in ISA_VALUES + ("",)

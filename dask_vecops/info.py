@@ -35,8 +35,8 @@ PACKAGES = (
     ("xarray", ("xarray",)),
     ("zarr", ("zarr",)),
 )
-# The x86 features the Rust kernels dispatch on at run time (rust_ufuncs/src/kernels/simd.rs).
-SIMD_FEATURES = ("avx2", "fma", "avx512f")
+# The x86 features the Rust kernels dispatch on at run time (rust_ufuncs/src/kernels/simd/mod.rs).
+SIMD_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16")
 DEFAULTS_SOURCE = "default (dask_vecops/vecops.yaml)"
 CODE_SOURCE = "code (dask.config.set)"
 
@@ -104,7 +104,7 @@ def cpu_features() -> dict:
     >>> sorted(info.cpu_features())
     ['DASK_VECOPS_ISA', 'features', 'rust_kernel_path', 'source']
     >>> sorted(info.cpu_features()["features"])
-    ['avx2', 'avx512f', 'fma']
+    ['avx2', 'avx512_bf16', 'avx512f', 'fma']
     """
     flags, source = _cpu_flags()
     features = {name: (name in flags) if flags is not None else None for name in SIMD_FEATURES}
@@ -119,8 +119,9 @@ def cpu_features() -> dict:
             "DASK_VECOPS_ISA": os.environ.get("DASK_VECOPS_ISA")}
 
 
-# The Rust kernels' instruction sets (rust_ufuncs/src/kernels/simd.rs, `Isa::name`).
+# The Rust kernels' instruction sets (rust_ufuncs/src/kernels/simd/mod.rs, `Isa::name`).
 ISA_NAMES = {
+    "avx512bf16": "avx512bf16 (AVX-512F + FMA, bfloat16 filter)",
     "avx512": "avx512 (AVX-512F + FMA)",
     "avx2": "avx2 (AVX2 + FMA)",
     "portable": "portable",
@@ -134,7 +135,7 @@ def _inferred_path(features: dict, flags) -> str:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "portable (no x86 SIMD dispatch)"
     if features["fma"] and features["avx512f"]:
-        return ISA_NAMES["avx512"]
+        return ISA_NAMES["avx512bf16" if features["avx512_bf16"] else "avx512"]
     if features["fma"] and features["avx2"]:
         return ISA_NAMES["avx2"]
     return ISA_NAMES["portable"]
@@ -156,7 +157,7 @@ def _cpu_flags() -> tuple[set[str] | None, str]:
             from numpy.core._multiarray_umath import __cpu_features__ as numpy_features
         except ImportError:
             return None, "unknown"
-    names = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f"}
+    names = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BF16": "avx512_bf16"}
     return {names[k] for k, on in numpy_features.items() if on and k in names}, "numpy"
 
 

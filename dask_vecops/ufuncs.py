@@ -24,7 +24,8 @@ The top-k ufuncs need ``out=(scores, ids)`` because ``k`` appears in no input;
 The kernels run serially on the calling thread unless :func:`set_num_threads` allows more
 (one shared pool; see ``docs/threads.md``): Dask already runs one chunk per core.
 :func:`kernel_isa` names the instruction set they use: the best of this CPU (:func:`best_isa`),
-capped by the environment variable ``DASK_VECOPS_ISA`` (``avx512``, ``avx2``, ``portable``).
+capped by the environment variable ``DASK_VECOPS_ISA`` (``avx512bf16``, ``avx512``, ``avx2``,
+``portable``).
 
 Examples
 --------

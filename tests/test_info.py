@@ -50,7 +50,7 @@ def test_info_json_matches_the_registry_and_the_cpu(capsys):
         tuple(b) for b in dv.backends()
     ]
     assert report["versions"]["numpy"] == np.__version__
-    assert set(report["cpu"]["features"]) == {"avx2", "fma", "avx512f"}
+    assert set(report["cpu"]["features"]) == {"avx2", "fma", "avx512f", "avx512_bf16"}
     assert report["rust"]["num_threads"] is None or report["rust"]["num_threads"] >= 1
     assert isinstance(report["gpu"]["numba_cuda_simulator"], bool)
     sources = {row["key"]: row["source"] for row in report["config"]}

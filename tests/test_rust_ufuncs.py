@@ -827,10 +827,10 @@ def _python_with(variable, value, code):
 
 # -- DASK_VECOPS_ISA ------------------------------------------------------------------------------
 
-ISA_ORDER = ["portable", "avx2", "avx512"]
+ISA_ORDER = ["portable", "avx2", "avx512", "avx512bf16"]
 
 
-@pytest.mark.parametrize("value", [None, "", "auto", "avx512", "AVX2", "portable"])
+@pytest.mark.parametrize("value", [None, "", "auto", "avx512bf16", "avx512", "AVX2", "portable"])
 def test_the_isa_is_the_cpus_best_capped_by_the_environment(value):
     best = _rust.best_isa()
     out = _python_with("DASK_VECOPS_ISA", value, "from dask_vecops import ufuncs; print(ufuncs.kernel_isa())")
@@ -845,9 +845,8 @@ def test_the_isa_is_the_cpus_best_capped_by_the_environment(value):
 def test_an_unknown_isa_refuses_to_import_with_the_accepted_names():
     out = _python_with("DASK_VECOPS_ISA", "sse4", "import dask_vecops")
     assert out.returncode != 0
-    assert 'ValueError: DASK_VECOPS_ISA="sse4" is not one of auto, avx512, avx2, portable' in (
-        out.stderr
-    )
+    assert ('ValueError: DASK_VECOPS_ISA="sse4" is not one of auto, avx512bf16, avx512, avx2, '
+            'portable') in out.stderr
 
 
 @pytest.mark.parametrize("isa", ISA_ORDER)
@@ -856,16 +855,16 @@ def test_every_isa_finds_the_float64_neighbours(isa):
 import numpy as np, dask.array as da, dask_vecops as dv, json
 rng = np.random.default_rng(7)
 x = rng.standard_normal((3000, 37)).astype(np.float32)
-q = rng.standard_normal((5, 37)).astype(np.float32)
+q = rng.standard_normal((20, 37)).astype(np.float32)
 out = {}
 for metric in ("cosine", "dot", "euclidean", "manhattan"):
     s, i = dv.topk(q, 7, database=da.from_array(x, chunks=(700, 37)), metric=metric,
                    backend="rust")
     alone = [dv.topk(q[j:j + 1], 7, database=da.from_array(x, chunks=(700, 37)), metric=metric,
-                     backend="rust") for j in range(len(q))]
+                     backend="rust") for j in range(3)]
     s1 = np.vstack([a[0].compute() for a in alone])
     i1 = np.vstack([a[1].compute() for a in alone])
-    same = bool((s1 == s.compute()).all() and (i1 == i.compute()).all())
+    same = bool((s1 == s.compute()[:3]).all() and (i1 == i.compute()[:3]).all())
     out[metric] = [s.compute().tolist(), i.compute().tolist(), same]
 print(json.dumps([dv.ufuncs.kernel_isa(), out]))
 """
@@ -877,9 +876,11 @@ print(json.dumps([dv.ufuncs.kernel_isa(), out]))
     assert ran == isa or ISA_ORDER.index(isa) > ISA_ORDER.index(_rust.best_isa())
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3000, 37)).astype(np.float32)
-    q = rng.standard_normal((5, 37)).astype(np.float32)
+    q = rng.standard_normal((20, 37)).astype(np.float32)
     for metric, (scores, ids, alone_is_the_same) in results.items():
-        assert alone_is_the_same, f"{isa} {metric}: one query alone (the filter) differs"
+        # One query goes through the few-query filter, twenty through the bfloat16 one (on
+        # avx512bf16) or the plain row kernel.
+        assert alone_is_the_same, f"{isa} {metric}: one query alone differs from twenty"
         want_scores, want_ids = ref_topk(q, x, 7, metric)
         np.testing.assert_array_equal(ids, want_ids, err_msg=f"{isa} {metric}")
         np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
@@ -902,7 +903,7 @@ def test_the_isa_benchmark_runs_every_path_of_this_cpu():
 
 
 def test_long_vectors_score_within_float64_by_less_than_one_long_sum_would():
-    # Every score is summed in blocks of BLOCK coordinates (rust_ufuncs/src/kernels/simd.rs), so
+    # Every score is summed in blocks of BLOCK coordinates (rust_ufuncs/src/kernels/simd/mod.rs), so
     # its rounding error grows with BLOCK + d / BLOCK, not with d. On these 1536-dimensional
     # embeddings one long sequential sum per score was off by up to 2.2e-6 (NumPy's sgemm: 6e-7);
     # the blocks bring it to about 3.6e-7.

@@ -29,7 +29,7 @@ macro_rules! pooled {
     };
 }
 
-pooled!(f32 => F32_POOL, f64 => F64_POOL, u64 => U64_POOL, u128 => U128_POOL);
+pooled!(f32 => F32_POOL, f64 => F64_POOL, u32 => U32_POOL, u64 => U64_POOL, u128 => U128_POOL);
 
 /// A `Vec` borrowed from this thread's pool (empty, with whatever capacity it had); it goes
 /// back to the pool when dropped.

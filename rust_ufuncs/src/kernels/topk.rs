@@ -341,9 +341,10 @@ impl<T: Real> Problem<'_, T> {
         let n = scorer.db.n;
         if rows_path {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
-            // Unknown cosine norms: the few-query filter computes them as it reads the rows.
-            let on_the_way =
-                nq <= simd::FILTER_QUERIES && scorer.cosine() && scorer.db_norms.is_none();
+            let bf16 = simd::Bf16Queries::new(scorer.isa, scorer.kind(), &q_packed, d, nq);
+            // Unknown cosine norms: the filters compute them as they read the rows.
+            let filtered = nq <= simd::FILTER_QUERIES || bf16.is_some();
+            let on_the_way = filtered && scorer.cosine() && scorer.db_norms.is_none();
             let mut own_norms = Buf::take();
             for start in (0..n).step_by(block) {
                 let rows = start..(start + block).min(n);
@@ -376,6 +377,7 @@ impl<T: Real> Problem<'_, T> {
                     d,
                     scale: scaled.then_some(&scale[..]),
                     prefetch: scorer.db.slice(next).data,
+                    bf16: bf16.as_ref(),
                 };
                 let mut candidates = Group {
                     selectors: &mut *selectors,
@@ -837,9 +839,10 @@ mod tests {
         db
     }
 
-    /// One or two queries go through the few-query filter (`simd::FILTER_QUERIES`); five
-    /// through the row-streaming kernel, 200 through the packed panels. All give the same bits,
-    /// on every ISA, with norms given or computed on the way.
+    /// One or two queries go through the few-query filter (`simd::FILTER_QUERIES`); more, on
+    /// `Avx512Bf16` for f32 cosine and dot, through the bfloat16 filter, else the row-streaming
+    /// kernel; 200 through the packed panels. All give the same bits, on every ISA, with norms
+    /// given or computed on the way.
     fn filter_gives_the_exact_bits<T: Real>() {
         let mut rng = Lcg::new(31);
         for d in [3, 16, 37, 100, 385] {
@@ -883,13 +886,10 @@ mod tests {
                             } else {
                                 problem.solve::<false>(0..nq, 0, None, &mut out.0, &mut out.1);
                             }
-                            let (s, i) = bits(&out);
-                            (s[..2.min(nq) * k].to_vec(), i[..2.min(nq) * k].to_vec())
+                            bits(&out)
                         };
                         let panel = solve(200, None);
-                        let rows = solve(5, None);
-                        assert_eq!(rows, panel, "{isa:?} {metric:?} d={d} k={k}: row kernel");
-                        for nq in [1, 2] {
+                        for nq in [1, 2, 3, 5, 16, 17, 40] {
                             for given in [None, Some(&norms[..])] {
                                 let want = (panel.0[..nq * k].to_vec(), panel.1[..nq * k].to_vec());
                                 assert_eq!(
@@ -916,34 +916,96 @@ mod tests {
         filter_gives_the_exact_bits::<f64>();
     }
 
-    #[test]
-    fn computed_norms_are_returned_by_every_split() {
-        let (d, k) = (7, 4);
+    /// Every way a scan computes the norms (a separate pass, either filter on the way, each
+    /// thread's slice) returns `cosine_norm`'s bits.
+    fn computed_norms_are_returned_by_every_split<T: Real>() {
+        let k = 4;
         let mut rng = Lcg::new(2);
-        for &(nq, ndb, threads) in &[(5, 3000, 1), (200, 3000, 2), (3, 10_000, 2), (0, 100, 1)] {
-            let q: Vec<f64> = random_matrix(&mut rng, nq, d);
-            let db: Vec<f64> = random_matrix(&mut rng, ndb, d);
-            let want: Vec<f64> = (0..ndb)
-                .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
-                .collect();
-            let mut norms = vec![f64::NAN; ndb];
+        let cases = [
+            (5, 3000, 1),
+            (200, 3000, 2),
+            (3, 10_000, 2),
+            (0, 100, 1),
+            (1, 5000, 2),
+            (16, 5000, 2),
+        ];
+        for d in [7, 100] {
+            for &(nq, ndb, threads) in &cases {
+                let q: Vec<T> = random_matrix(&mut rng, nq, d);
+                let db: Vec<T> = random_matrix(&mut rng, ndb, d);
+                let want: Vec<T> = (0..ndb)
+                    .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
+                    .collect();
+                let mut norms = vec![T::NAN; ndb];
+                let (mut s, mut i) = (vec![T::ZERO; nq * k], vec![0; nq * k]);
+                let options = TopkOptions {
+                    exclude: None,
+                    db_norms: None,
+                    norms_out: Some(&mut norms),
+                    threads,
+                };
+                topk_with(
+                    Metric::Cosine,
+                    Rows::new(&q, nq, d),
+                    Rows::new(&db, ndb, d),
+                    k,
+                    options,
+                    &mut s,
+                    &mut i,
+                );
+                let (got, want): (Vec<u64>, Vec<u64>) = norms
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a.to_f64().to_bits(), b.to_f64().to_bits()))
+                    .unzip();
+                assert_eq!(got, want, "d={d} nq={nq} ndb={ndb} threads={threads}");
+            }
+        }
+    }
+
+    #[test]
+    fn computed_norms_are_returned_by_every_split_f32() {
+        computed_norms_are_returned_by_every_split::<f32>();
+    }
+
+    #[test]
+    fn computed_norms_are_returned_by_every_split_f64() {
+        computed_norms_are_returned_by_every_split::<f64>();
+    }
+
+    /// Rows that all tie send every row to the exact kernel, so the bfloat16 filter gives up
+    /// after a few blocks (`simd::Bf16Queries::worth_it`) and the plain kernel finishes the
+    /// scan, computing the norms the filter would have: the same bits as the packed panels.
+    #[test]
+    fn the_bfloat16_filter_gives_up_on_ties_with_the_same_bits() {
+        let (ndb, d, k) = (20_000, 40, 5);
+        let mut rng = Lcg::new(5);
+        let row: Vec<f32> = random_matrix(&mut rng, 1, d);
+        let db: Vec<f32> = row.iter().cycle().take(ndb * d).copied().collect();
+        let q: Vec<f32> = random_matrix(&mut rng, 200, d);
+        let want: Vec<f32> = (0..ndb)
+            .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
+            .collect();
+        let solve = |nq: usize| {
+            let mut norms = vec![f32::NAN; ndb];
             let (mut s, mut i) = (vec![0.0; nq * k], vec![0; nq * k]);
             let options = TopkOptions {
                 exclude: None,
                 db_norms: None,
                 norms_out: Some(&mut norms),
-                threads,
+                threads: 1,
             };
-            topk_with(
-                Metric::Cosine,
-                Rows::new(&q, nq, d),
-                Rows::new(&db, ndb, d),
-                k,
-                options,
-                &mut s,
-                &mut i,
-            );
-            assert_eq!(norms, want, "{nq} {ndb} {threads}");
+            let (q, db) = (Rows::new(&q[..nq * d], nq, d), Rows::new(&db, ndb, d));
+            topk_with(Metric::Cosine, q, db, k, options, &mut s, &mut i);
+            let bits: Vec<u32> = s.iter().map(|x| x.to_bits()).collect();
+            (bits, i, norms)
+        };
+        let (panel_s, panel_i, _) = solve(200);
+        for nq in [20, 40] {
+            let (s, i, norms) = solve(nq);
+            assert_eq!(s, panel_s[..nq * k], "{nq} scores");
+            assert_eq!(i, panel_i[..nq * k], "{nq} ids");
+            assert_eq!(norms, want, "{nq} norms");
         }
     }
 

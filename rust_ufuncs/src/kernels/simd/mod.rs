@@ -12,13 +12,15 @@
 //! that query's current top-k bar and handing only the few scores that pass to the selector.
 //!
 //! Database panels are packed with in-register 16 x 16 transposes on AVX-512 (f32), so packing
-//! runs at memory speed. This is the crate's only SIMD code; all intrinsics and their `unsafe`
-//! live here.
+//! runs at memory speed. This module (with `bf16`) is the crate's only SIMD code; all
+//! intrinsics and their `unsafe` live here.
 //!
 //! A few queries (up to `FILTER_QUERIES`) are scored by the row-streaming kernel only where it
 //! matters: a filter reads each row along its coordinates in whole vectors, as a
 //! matrix-vector product does, and passes on to the exact score only the rows whose filter
 //! score, widened by a rigorous bound on both sums' rounding, could beat the query's bar.
+//! From `bf16::BF16_QUERIES` queries up, on CPUs with AVX512_BF16, the `bf16` filter does
+//! the same with bfloat16 dot products.
 
 use std::any::TypeId;
 use std::array;
@@ -26,9 +28,16 @@ use std::sync::OnceLock;
 
 use super::Real;
 
+mod bf16;
+pub use bf16::Bf16Queries;
+
 /// The instruction sets the kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512 with the bfloat16 dot product (AVX512_BF16) as well: the AVX-512 kernels, and
+    /// a bfloat16 filter in front of the row-streaming kernel (`bf16`), which leaves every
+    /// score's bits as they are.
+    Avx512Bf16,
     /// x86-64 with AVX-512F and FMA: 512-bit vectors, 32 registers.
     Avx512,
     /// x86-64 with AVX2 and FMA: 256-bit vectors, 16 registers.
@@ -37,15 +46,17 @@ pub enum Isa {
     Portable,
 }
 
-/// The environment variable that caps the ISA the kernels use: `avx512`, `avx2` or
-/// `portable` (unset, empty or `auto`: the best this CPU has). Scores depend on the ISA in the
-/// last bits, so a cluster of mixed CPUs pinned to one ISA gives the same bits on every worker.
+/// The environment variable that caps the ISA the kernels use: `avx512bf16`, `avx512`, `avx2`
+/// or `portable` (unset, empty or `auto`: the best this CPU has). Scores depend on the ISA in
+/// the last bits (`avx512bf16` and `avx512` give the same), so a cluster of mixed CPUs pinned
+/// to one ISA gives the same bits on every worker.
 pub const ISA_ENV: &str = "DASK_VECOPS_ISA";
 
 impl Isa {
     /// The lower-case name `ISA_ENV` takes.
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Avx512Bf16 => "avx512bf16",
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
             Isa::Portable => "portable",
@@ -56,11 +67,12 @@ impl Isa {
     pub fn parse(value: &str) -> Result<Option<Isa>, String> {
         match value.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(None),
+            "avx512bf16" => Ok(Some(Isa::Avx512Bf16)),
             "avx512" => Ok(Some(Isa::Avx512)),
             "avx2" => Ok(Some(Isa::Avx2)),
             "portable" => Ok(Some(Isa::Portable)),
             other => Err(format!(
-                "{ISA_ENV}={other:?} is not one of auto, avx512, avx2, portable"
+                "{ISA_ENV}={other:?} is not one of auto, avx512bf16, avx512, avx2, portable"
             )),
         }
     }
@@ -83,6 +95,9 @@ pub fn best() -> Isa {
     {
         let fma = is_x86_feature_detected!("fma");
         if fma && is_x86_feature_detected!("avx512f") {
+            if is_x86_feature_detected!("avx512bf16") {
+                return Isa::Avx512Bf16;
+            }
             return Isa::Avx512;
         }
         if fma && is_x86_feature_detected!("avx2") {
@@ -104,15 +119,16 @@ pub fn detect() -> Isa {
 /// Whether a CPU whose best ISA is `best` can run `isa`.
 fn supported_by(best: Isa, isa: Isa) -> bool {
     match isa {
-        Isa::Avx512 => best == Isa::Avx512,
-        Isa::Avx2 => matches!(best, Isa::Avx512 | Isa::Avx2),
+        Isa::Avx512Bf16 => best == Isa::Avx512Bf16,
+        Isa::Avx512 => matches!(best, Isa::Avx512Bf16 | Isa::Avx512),
+        Isa::Avx2 => matches!(best, Isa::Avx512Bf16 | Isa::Avx512 | Isa::Avx2),
         Isa::Portable => true,
     }
 }
 
 /// Every ISA this CPU can run, best first.
 pub fn available() -> Vec<Isa> {
-    [Isa::Avx512, Isa::Avx2, Isa::Portable]
+    [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable]
         .into_iter()
         .filter(|&isa| supported(isa))
         .collect()
@@ -122,13 +138,19 @@ fn supported(isa: Isa) -> bool {
     supported_by(best(), isa)
 }
 
-/// `isa` if this CPU has it, else the portable kernel.
+/// The vector kernels for `isa`: its own if this CPU has it (AVX-512's for `Avx512Bf16`),
+/// else the portable ones.
 fn effective(isa: Isa) -> Isa {
-    if supported(isa) {
-        isa
-    } else {
-        Isa::Portable
+    match isa {
+        _ if !supported(isa) => Isa::Portable,
+        Isa::Avx512Bf16 => Isa::Avx512,
+        _ => isa,
     }
+}
+
+/// Whether the row-streaming kernel may put the bfloat16 filter in front (`bf16`).
+fn has_bf16(isa: Isa) -> bool {
+    isa == Isa::Avx512Bf16 && supported(isa)
 }
 
 /// What a score accumulates over the coordinates, and how the kernel finishes it.
@@ -160,7 +182,7 @@ const MAX_NR: usize = 32;
 /// `(MR, NR)`: query rows per query panel and database rows per database panel for `isa`.
 pub fn panel_shape<T: Real>(isa: Isa) -> (usize, usize) {
     let (mr, vector_bytes) = match effective(isa) {
-        Isa::Avx512 => (AVX512_MR, 64),
+        Isa::Avx512 | Isa::Avx512Bf16 => (AVX512_MR, 64),
         Isa::Avx2 => (AVX2_MR, 32),
         Isa::Portable => (PORTABLE_MR, 16),
     };
@@ -431,12 +453,12 @@ pub fn sum_squares_rows<T: Real>(data: &[T], d: usize, out: &mut [f64]) {
 /// on the instructions (no FMA contraction happens without `mul_add`).
 #[inline]
 pub fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
-    match detect() {
+    match effective(detect()) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: detect() returned Avx512 only because this CPU has avx512f and fma.
+        // SAFETY: effective() returned Avx512 only because this CPU has avx512f and fma.
         Isa::Avx512 => unsafe { x86::call_avx512(f) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: detect() returned Avx2 only because this CPU has avx2 and fma.
+        // SAFETY: effective() returned Avx2 only because this CPU has avx2 and fma.
         Isa::Avx2 => unsafe { x86::call_avx2(f) },
         _ => f(),
     }
@@ -773,7 +795,7 @@ const PORTABLE_ROWS: usize = 4;
 /// lanes) and database rows per register group.
 pub fn rows_shape<T: Real>(isa: Isa) -> (usize, usize) {
     let (g, vector_bytes) = match effective(isa) {
-        Isa::Avx512 => (AVX512_ROWS, 64),
+        Isa::Avx512 | Isa::Avx512Bf16 => (AVX512_ROWS, 64),
         Isa::Avx2 => (AVX2_ROWS, 32),
         Isa::Portable => (PORTABLE_ROWS, 16),
     };
@@ -800,12 +822,15 @@ pub struct RowJob<'a, T> {
     /// Memory to pull into the L2 cache meanwhile (the next job's rows), spread over the run,
     /// so that reading it overlaps with this job's arithmetic.
     pub prefetch: &'a [T],
+    /// The queries in the bfloat16 filter's layout (`Bf16Queries::new`, given `isa` and `q`),
+    /// when that filter is to screen the rows; the results are the same bits either way.
+    pub bf16: Option<&'a Bf16Queries>,
 }
 
 /// Scores the first `queries` packed queries of `job` against all its rows into `candidates`
 /// (`offer_row`), rows in ascending order. Up to `FILTER_QUERIES` queries go through the
-/// few-query filter, which can also compute cosine norms on the way (`norms`; `job.scale` must
-/// then be `None`).
+/// few-query filter, more through the bfloat16 filter when `job.bf16` is given; either filter
+/// can also compute cosine norms on the way (`norms`; `job.scale` must then be `None`).
 pub fn score_rows<T: Real, C: Candidates<T>>(
     isa: Isa,
     job: RowJob<T>,
@@ -822,14 +847,42 @@ pub fn score_rows<T: Real, C: Candidates<T>>(
     }
     if let Some(on_the_way) = &norms {
         assert!(
-            queries <= FILTER_QUERIES && job.q_panels == 1,
-            "norms on the way: few queries"
+            (queries <= FILTER_QUERIES && job.q_panels == 1) || job.bf16.is_some(),
+            "norms on the way: a filter"
         );
         assert!(
             job.scale.is_none() && job.kind == Accumulator::Dot,
             "norms on the way: cosine"
         );
         assert_eq!(on_the_way.norms.len(), job.n, "one norm per database row");
+    }
+    if let Some(prep) = job.bf16 {
+        assert!(has_bf16(isa), "the bfloat16 filter needs AVX512_BF16");
+        if prep.worth_it() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `has_bf16` checked the CPU; `Bf16Queries` exist only for f32 dot products.
+            return unsafe { bf16::rows(job, candidates, queries, norms) };
+        }
+        // The filter gave up on this scan: the plain kernel, with the norms computed first.
+        let mut scales = Vec::new();
+        if let Some(on_the_way) = norms {
+            let mut sums = vec![0.0; job.n];
+            sum_squares_rows(job.db, job.d, &mut sums);
+            for (norm, sum) in on_the_way.norms.iter_mut().zip(sums) {
+                *norm = T::from_f64(sum.sqrt());
+                scales.push((on_the_way.scale)(*norm));
+            }
+        }
+        let plain = RowJob {
+            bf16: None,
+            scale: if scales.is_empty() {
+                job.scale
+            } else {
+                Some(&scales[..])
+            },
+            ..job
+        };
+        return score_rows(isa, plain, candidates, queries, None);
     }
     match effective(isa) {
         #[cfg(target_arch = "x86_64")]
@@ -2041,7 +2094,7 @@ mod tests {
 
     #[test]
     fn isa_names_parse_and_unknown_ones_are_refused() {
-        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+        for isa in [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable] {
             assert_eq!(Isa::parse(isa.name()), Ok(Some(isa)));
         }
         assert_eq!(Isa::parse(" AVX2 "), Ok(Some(Isa::Avx2)));
@@ -2061,6 +2114,8 @@ mod tests {
         assert!(!supported_by(Isa::Avx2, Isa::Avx512));
         assert!(!supported_by(Isa::Portable, Isa::Avx2));
         assert!(supported_by(Isa::Avx512, Isa::Avx2));
+        assert!(!supported_by(Isa::Avx512, Isa::Avx512Bf16));
+        assert!(supported_by(Isa::Avx512Bf16, Isa::Avx512));
     }
 
     #[test]
@@ -2404,6 +2459,7 @@ mod tests {
                         d,
                         scale: sc.map(|s| &s[..n]),
                         prefetch: &db[..10],
+                        bf16: None,
                     };
                     score_rows(isa, job, &mut b, nq, None);
                     a.0.sort();

@@ -1,0 +1,895 @@
+//! The bfloat16 filter in front of the row-streaming kernel: f32 dot products (the dot and
+//! cosine metrics) of three queries or more, on CPUs with AVX512_BF16.
+//!
+//! From three queries up the row-streaming kernel is bound by its multiply-adds, one vector of
+//! queries times one broadcast database value per instruction. `vdpbf16ps` does two products
+//! per f32 lane per instruction at the same rate, on values rounded to bfloat16 (8 significant
+//! bits). Such a score is only good enough to filter: a row goes on to the exact kernel for a
+//! query unless its bfloat16 score, raised by a rigorous bound on how far it can be from the
+//! exact score, still cannot beat the query's bar. Every score offered is the exact kernel's,
+//! so the results have the same bits as without the filter.
+//!
+//! The bound, for a query `q` and a row `x` with terms `t_j = q_j x_j` (exact reals) and
+//! `M = sum |t_j| <= |q| |x|` (Cauchy-Schwarz):
+//! - rounding to bfloat16 (unit roundoff `u_b = 2^-8`) moves a product by at most
+//!   `(2 u_b + u_b^2) |t_j|`; an input flushed to zero (the instructions treat subnormals as
+//!   zero) moves it by less than `2^-126` times the other factor;
+//! - the products of two bfloat16 values are exact in f32, and their sum goes through at most
+//!   `2 * ceil(d / 2)` roundings per term (`gamma_f`), or flushes below `2^-126`;
+//! - the exact kernel's own sum is off the true one by at most `gamma_e M` (`BLOCK` order) plus
+//!   its underflow;
+//!
+//! so `|exact - filter| <= a |x| + c`, with `a = (2 u_b + u_b^2 + gamma_f (1 + u_b)^2 +
+//! gamma_e) |q| + sqrt(d) 2^-126` and `c` the absolute allowances (`Bf16Queries::new`). The
+//! comparison with the bar is evaluated with upward rounding, so the arithmetic of the test
+//! itself cannot lose a row. A score that is not finite (an input that overflowed bfloat16,
+//! NaN) never rejects a row.
+
+use std::any::TypeId;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::{has_bf16, Accumulator, Isa, Real, BLOCK};
+
+/// Fewest queries the filter takes. With one panel (16 queries or fewer) the row-streaming
+/// kernel is close to the memory's speed, and on the benchmark's clustered data the filter
+/// measured slower there (16 queries: 0.84x); from two panels on it is faster (32: 1.15x,
+/// 128: 1.41x; benchmarks/RESULTS.md, "bfloat16 filter").
+pub const BF16_QUERIES: usize = 17;
+/// The filter gives up on a scan once, in a window of `WINDOW` rows, more than one row-panel
+/// test in this many sent its row to the exact kernel (data with many near ties to the bars):
+/// an exact score costs about twice a row-panel of the plain kernel, and the filter's own work
+/// is half of one.
+const GIVE_UP_ONE_IN: usize = 4;
+/// Rows per window; the first window of a scan is not judged (the bars start open and rise
+/// fast, so early rows pass whatever the data).
+const WINDOW: usize = 4096;
+/// Queries per panel: the f32 lanes of one AVX-512 vector.
+const LANES: usize = 16;
+/// Database rows scored together, one accumulator each.
+const GROUP: usize = 16;
+/// bfloat16 unit roundoff: 8 significant bits.
+const U_BF16: f64 = 1.0 / 256.0;
+/// f32 unit roundoff.
+const U_F32: f64 = 1.0 / 16_777_216.0;
+/// The smallest normal f32 (2^-126): below it the bfloat16 instructions flush to zero.
+const FLUSH: f64 = f32::MIN_POSITIVE as f64;
+
+/// The queries of a row-streaming scan in the filter's layout, prepared once per scan: for
+/// every panel of `LANES` queries and every pair of coordinates `2j, 2j + 1`, one vector of
+/// `LANES` lanes, each holding that query's two coordinates as bfloat16 (low half: `2j`), and
+/// per query the two terms of its bound.
+pub struct Bf16Queries {
+    pairs: Vec<u32>,
+    /// `ceil(d / 2)`: pairs per panel (an odd `d` ends with a zero).
+    n_pairs: usize,
+    panels: usize,
+    /// Per panel and lane: `|exact - filter| <= a * |row| + c` (rounded up to f32).
+    a: Vec<f32>,
+    c: Vec<f32>,
+    /// Rows and row-panel tests in the current window, how many tests sent the row to the
+    /// exact kernel, windows so far, and whether the filter gave up.
+    rows: AtomicUsize,
+    tested: AtomicUsize,
+    passed: AtomicUsize,
+    windows: AtomicUsize,
+    given_up: AtomicBool,
+}
+
+impl Bf16Queries {
+    /// The filter's queries when it applies to a scan on `isa` of `queries` packed queries
+    /// (`q`: panels of `LANES` lanes x `d` coordinates, `[panel][coordinate][lane]`), else
+    /// `None`: the CPU lacks AVX512_BF16 or `isa` caps it off, the scores are not f32 dot
+    /// products, or there are fewer than `BF16_QUERIES` queries.
+    pub fn new<T: Real>(
+        isa: Isa,
+        kind: Accumulator,
+        q: &[T],
+        d: usize,
+        queries: usize,
+    ) -> Option<Self> {
+        let f32_dots = kind == Accumulator::Dot && TypeId::of::<T>() == TypeId::of::<f32>();
+        if !(has_bf16(isa) && f32_dots && queries >= BF16_QUERIES && d > 0) {
+            return None;
+        }
+        let panels = queries.div_ceil(LANES);
+        assert!(q.len() >= panels * LANES * d, "packed queries");
+        let n_pairs = d.div_ceil(2);
+        let value = |p: usize, k: usize, l: usize| {
+            if k < d {
+                q[(p * d + k) * LANES + l].to_f64() as f32
+            } else {
+                0.0
+            }
+        };
+        let mut pairs = vec![0u32; panels * n_pairs * LANES];
+        for p in 0..panels {
+            for j in 0..n_pairs {
+                for l in 0..LANES {
+                    let (lo, hi) = (value(p, 2 * j, l), value(p, 2 * j + 1, l));
+                    pairs[(p * n_pairs + j) * LANES + l] =
+                        u32::from(to_bf16(lo)) | u32::from(to_bf16(hi)) << 16;
+                }
+            }
+        }
+        let (rel, per_size, fixed) = bound_terms(d);
+        let mut a = vec![0.0f32; panels * LANES];
+        let mut c = vec![0.0f32; panels * LANES];
+        for p in 0..panels {
+            for l in 0..LANES {
+                // |q|, rounded up (its f64 sum is far more accurate than the room below).
+                let squares: f64 = (0..d).map(|k| f64::from(value(p, k, l)).powi(2)).sum();
+                let q_norm = squares.sqrt() * (1.0 + 1e-12);
+                a[p * LANES + l] = round_up(rel * q_norm + per_size);
+                c[p * LANES + l] = round_up(per_size * q_norm + fixed);
+            }
+        }
+        Some(Bf16Queries {
+            pairs,
+            n_pairs,
+            panels,
+            a,
+            c,
+            rows: AtomicUsize::new(0),
+            tested: AtomicUsize::new(0),
+            passed: AtomicUsize::new(0),
+            windows: AtomicUsize::new(0),
+            given_up: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the filter still pays on this scan (see `GIVE_UP_ONE_IN`).
+    pub fn worth_it(&self) -> bool {
+        !self.given_up.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call's rows and passes, judging each window as it fills.
+    fn count(&self, rows: usize, passed: usize) {
+        let tested = self.tested.fetch_add(rows * self.panels, Ordering::Relaxed);
+        let tested = tested + rows * self.panels;
+        let passed = self.passed.fetch_add(passed, Ordering::Relaxed) + passed;
+        if self.rows.fetch_add(rows, Ordering::Relaxed) + rows >= WINDOW {
+            let first = self.windows.fetch_add(1, Ordering::Relaxed) == 0;
+            if !first && passed * GIVE_UP_ONE_IN > tested {
+                self.given_up.store(true, Ordering::Relaxed);
+            }
+            for counter in [&self.rows, &self.tested, &self.passed] {
+                counter.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The terms of the bound for `d` coordinates: `(rel, per_size, fixed)`, with
+/// `a = rel * |q| + per_size` and `c = per_size * |q| + fixed` (see the module's doc; each
+/// allowance doubled for room).
+fn bound_terms(d: usize) -> (f64, f64, f64) {
+    let gamma = |h: f64| h * U_F32 / (1.0 - h * U_F32).max(0.5);
+    // Each rounding counted twice over (an implementation that truncates is off by 2 u).
+    let filter_roundings = 4.0 * d.div_ceil(2) as f64 + 4.0;
+    let exact_roundings = 2.0 * BLOCK as f64 + d.div_ceil(BLOCK) as f64 + 4.0;
+    let (gamma_f, gamma_e) = (gamma(filter_roundings), gamma(exact_roundings));
+    let inputs = 2.0 * U_BF16 + U_BF16 * U_BF16;
+    let rel = (inputs + gamma_f * (1.0 + U_BF16).powi(2) + gamma_e) * (1.0 + 1.0 / 1024.0);
+    let per_size = 2.0 * (d as f64).sqrt() * FLUSH;
+    // Flushed products and partial sums (filter), and the exact kernel's underflow.
+    let fixed = 2.0 * (d as f64 + filter_roundings + 4.0 * (d as f64 + 1.0)) * FLUSH;
+    (rel, per_size, fixed)
+}
+
+/// `x` rounded up to f32 (x >= 0; the margin covers the conversion's rounding to nearest).
+fn round_up(x: f64) -> f32 {
+    (x * (1.0 + 1.0 / 1_048_576.0)).max(FLUSH) as f32
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as the conversion instructions do;
+/// NaN stays NaN (quiet), and values past the largest bfloat16 become infinite.
+fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    ((bits + round) >> 16) as u16
+}
+
+/// An upper bound on `|x|` from the f32 `1 / |x|` of the cosine metric (`cosine_scale`, from
+/// a norm rounded to f32 twice), or infinity when the scale says nothing (0, infinite, NaN).
+#[inline(always)]
+fn size_from_scale(scale: f32) -> f32 {
+    if scale.is_finite() && scale > 0.0 {
+        round_up(1.0 / f64::from(scale) * (1.0 + 1.0 / 262_144.0))
+    } else {
+        f32::INFINITY
+    }
+}
+
+/// An upper bound on `|x|` from `sum`, its sum of squares in f64 (`sum_squares`: exact
+/// squares, so off by far less than the room here).
+#[inline(always)]
+fn size_from_sum(sum: f64) -> f32 {
+    if sum.is_finite() {
+        round_up(sum.sqrt() * (1.0 + 1.0 / 1_048_576.0))
+    } else {
+        f32::INFINITY
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::rows;
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::super::scratch::Buf;
+    use super::super::{
+        prefetch_l2, sum_squares_rows, Candidates, Lanes, NormsOnTheWay, Real, RowJob, BLOCK,
+    };
+    use super::{size_from_scale, size_from_sum, Bf16Queries, GROUP, LANES};
+
+    const UP: i32 = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC;
+    /// Where the bound takes a row's size from.
+    const NORMS: u8 = 0;
+    const SCALED: u8 = 1;
+    const SQUARES: u8 = 2;
+    /// Cache lines to pull toward L2 (the next block's rows), spread evenly over a group's
+    /// work: a burst of prefetches fills the memory queues while the arithmetic after it
+    /// leaves the memory idle.
+    struct Spread {
+        at: *const u8,
+        lines: usize,
+        next: usize,
+        /// Lines owed, in 1/65536ths, and owed per step.
+        owed: usize,
+        rate: usize,
+    }
+
+    impl Spread {
+        /// `bytes` from `at` over `steps` calls of `step`.
+        fn new(at: *const u8, bytes: usize, steps: usize) -> Self {
+            let lines = bytes.div_ceil(64);
+            Spread {
+                at,
+                lines,
+                next: 0,
+                owed: 0,
+                rate: (lines << 16).div_ceil(steps.max(1)),
+            }
+        }
+
+        #[inline(always)]
+        fn step(&mut self) {
+            self.owed += self.rate;
+            while self.owed >= 1 << 16 && self.next < self.lines {
+                prefetch_l2(self.at.wrapping_add(self.next * 64));
+                self.next += 1;
+                self.owed -= 1 << 16;
+            }
+        }
+    }
+
+    /// The rows of `job` against its queries through the bfloat16 filter, exact scores into
+    /// `candidates`; cosine norms computed on the way when `norms` is given.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f, avx512bf16, avx2 and fma (`has_bf16`); `job` checked as in
+    /// `score_rows`, with `job.bf16` given (so T is f32 and the scores are dot products).
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    pub(in super::super) unsafe fn rows<T: Real, C: Candidates<T>>(
+        job: RowJob<T>,
+        candidates: &mut C,
+        queries: usize,
+        norms: Option<NormsOnTheWay<T>>,
+    ) {
+        assert!(
+            T::BYTES == 4 && C::HIGHER,
+            "bfloat16 filter: f32 similarities"
+        );
+        // SAFETY (all arms): forwarded; the mode matches what is given.
+        unsafe {
+            match (norms, job.scale.is_some()) {
+                (Some(norms), _) => {
+                    filter::<T, T::Avx512Lanes, C, NORMS>(job, candidates, queries, Some(norms))
+                }
+                (None, true) => {
+                    filter::<T, T::Avx512Lanes, C, SCALED>(job, candidates, queries, None)
+                }
+                (None, false) => {
+                    filter::<T, T::Avx512Lanes, C, SQUARES>(job, candidates, queries, None)
+                }
+            }
+        }
+    }
+
+    /// `rows` for one way of bounding a row's size: `NORMS` computes the cosine norms (with
+    /// `cosine_norm`'s bits) and scales, `SCALED` takes the scales given, `SQUARES` (the dot
+    /// metric) the rows' sums of squares. Both sums are `sum_squares_rows` over a group's rows
+    /// while they are in L1, four rows at a time.
+    ///
+    /// # Safety
+    /// As `rows`; `norms` is given iff `MODE == NORMS`, `job.scale` iff `MODE == SCALED`.
+    #[inline(always)]
+    unsafe fn filter<T: Real, V: Lanes<T>, C: Candidates<T>, const MODE: u8>(
+        job: RowJob<T>,
+        candidates: &mut C,
+        queries: usize,
+        mut norms: Option<NormsOnTheWay<T>>,
+    ) {
+        let prep: &Bf16Queries = job.bf16.expect("the bfloat16 filter's queries");
+        let (d, n, panels) = (job.d, job.n, prep.panels);
+        assert!(V::W == LANES && panels <= job.q_panels);
+        assert!(queries <= panels * LANES && queries > (panels - 1) * LANES);
+        assert_eq!(prep.n_pairs, d.div_ceil(2), "queries prepared for this d");
+        let stride = row_stride(d);
+        // Every value `dots` reads is written first, so the buffers need no clearing.
+        let mut converted = Buf::<u32>::take_dirty();
+        converted.resize(GROUP * stride, 0);
+        let mut scales = Buf::<T>::take_dirty();
+        scales.resize(if MODE == NORMS { n } else { 0 }, T::ZERO);
+        let mut sizes = [0.0f32; GROUP];
+        let mut bars: Vec<Bars<T>> = (0..panels)
+            .map(|p| Bars::new(candidates, p, valid_lanes(queries, p)))
+            .collect();
+        let mut passed = 0;
+        // SAFETY (this block): the CPU has the features `rows` was compiled for; every pointer
+        // read stays inside the row, the prepared queries or `converted` (lengths above).
+        unsafe {
+            for r0 in (0..n).step_by(GROUP) {
+                let rows = GROUP.min(n - r0);
+                // The same rows of the next block, toward L2, one line now and then over the
+                // conversions and the products.
+                let len = job.prefetch.len();
+                let pf_bytes = ((r0 + rows) * d).min(len).saturating_sub(r0 * d) * 4;
+                let pf_at = job.prefetch.as_ptr().wrapping_add(r0 * d).cast::<u8>();
+                let steps = panels * prep.n_pairs;
+                let mut pf = Spread::new(pf_at, pf_bytes, steps);
+                let src = job.db.as_ptr().add(r0 * d).cast::<f32>();
+                let first = prep.pairs.as_ptr();
+                let mut first_acc = [_mm512_setzero_ps(); GROUP];
+                if rows == GROUP {
+                    // The first panel's products as the rows are converted, so that the
+                    // arithmetic overlaps the reading.
+                    first_acc = stream_any(first, src, d, converted.as_mut_ptr(), stride, &mut pf);
+                } else {
+                    for r in 0..rows {
+                        convert(
+                            src.add(r * d),
+                            d,
+                            converted.as_mut_ptr().add(r * stride),
+                            &mut pf,
+                        );
+                    }
+                }
+                row_sizes::<T, MODE>(&job, r0, rows, &mut norms, &mut scales, &mut sizes);
+                let exact_job = RowJob {
+                    scale: if MODE == NORMS {
+                        Some(&scales[..])
+                    } else {
+                        job.scale
+                    },
+                    ..job
+                };
+                for (p, bars) in bars.iter_mut().enumerate() {
+                    let q = prep.pairs.as_ptr().add(p * prep.n_pairs * LANES);
+                    let test = Test {
+                        a: _mm512_loadu_ps(prep.a.as_ptr().add(p * LANES)),
+                        c: _mm512_loadu_ps(prep.c.as_ptr().add(p * LANES)),
+                        valid: valid_lanes(queries, p),
+                        p,
+                    };
+                    if rows == GROUP {
+                        let acc = if p == 0 {
+                            first_acc
+                        } else {
+                            dots_any::<GROUP>(q, converted.as_ptr(), prep.n_pairs, stride, &mut pf)
+                        };
+                        for (r, &acc) in acc.iter().enumerate() {
+                            passed += usize::from(test.row::<T, V, C>(
+                                &exact_job,
+                                candidates,
+                                r0 + r,
+                                acc,
+                                sizes[r],
+                                bars,
+                            ));
+                        }
+                    } else {
+                        for (r, &size) in sizes.iter().enumerate().take(rows) {
+                            let at = converted.as_ptr().add(r * stride);
+                            let [acc] = dots_any::<1>(q, at, prep.n_pairs, stride, &mut pf);
+                            passed += usize::from(test.row::<T, V, C>(
+                                &exact_job,
+                                candidates,
+                                r0 + r,
+                                acc,
+                                size,
+                                bars,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        prep.count(n, passed);
+    }
+
+    /// Upper bounds on the sizes `|x|` of rows `r0..r0 + rows` into `sizes`, by `MODE`: from
+    /// the norms computed here (written to `norms` and their scales to `scales`), from the
+    /// scales given, or from the sums of squares. The sums are `sum_squares_rows` over the
+    /// group while it is in L1 (four rows at a time: the norms' own order and bits).
+    #[inline(always)]
+    fn row_sizes<T: Real, const MODE: u8>(
+        job: &RowJob<T>,
+        r0: usize,
+        rows: usize,
+        norms: &mut Option<NormsOnTheWay<T>>,
+        scales: &mut [T],
+        sizes: &mut [f32; GROUP],
+    ) {
+        let d = job.d;
+        let mut sums = [0.0f64; GROUP];
+        if MODE != SCALED {
+            sum_squares_rows(&job.db[r0 * d..(r0 + rows) * d], d, &mut sums[..rows]);
+        }
+        for (r, &sum) in sums.iter().enumerate().take(rows) {
+            let row = r0 + r;
+            sizes[r] = match MODE {
+                NORMS => {
+                    let on_the_way = norms.as_mut().expect("norms on the way");
+                    let norm = T::from_f64(sum.sqrt());
+                    on_the_way.norms[row] = norm;
+                    scales[row] = (on_the_way.scale)(norm);
+                    size_from_scale(scales[row].to_f64() as f32)
+                }
+                SCALED => size_from_scale(job.scale.expect("scales")[row].to_f64() as f32),
+                _ => size_from_sum(sum),
+            };
+        }
+    }
+
+    /// One panel's test: per lane, `|exact - filter| <= a * size + c`.
+    struct Test {
+        a: __m512,
+        c: __m512,
+        /// Lanes that hold a query.
+        valid: u16,
+        p: usize,
+    }
+
+    impl Test {
+        /// Hands `row` to the exact kernel (and says so) if, in a lane, its exact score could
+        /// beat the bar: the filter score `acc` raised by the bound for a row of at most `size`
+        /// (times the row's scale for cosine), all rounded up, is not below `bar`, or `acc` is
+        /// not finite.
+        ///
+        /// # Safety
+        /// As `rows`; `row < job.n`, `job` the exact kernel's (scales included).
+        #[inline(always)]
+        unsafe fn row<T: Real, V: Lanes<T>, C: Candidates<T>>(
+            &self,
+            job: &RowJob<T>,
+            candidates: &mut C,
+            row: usize,
+            acc: __m512,
+            size: f32,
+            bars: &mut Bars<T>,
+        ) -> bool {
+            // SAFETY: register arithmetic of the features `rows` was compiled for; forwarded.
+            unsafe {
+                let slack = _mm512_fmadd_round_ps::<UP>(self.a, _mm512_set1_ps(size), self.c);
+                let mut high = _mm512_add_round_ps::<UP>(acc, slack);
+                if let Some(scale) = job.scale {
+                    let scale = _mm512_set1_ps(scale[row].to_f64() as f32);
+                    high = _mm512_mul_round_ps::<UP>(high, scale);
+                }
+                let finite = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(
+                    _mm512_abs_ps(acc),
+                    _mm512_set1_ps(f32::INFINITY),
+                );
+                let hopeless = finite & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(high, bars.filter);
+                let pass = !hopeless & self.valid != 0;
+                if pass {
+                    exact::<T, V, C>(job, candidates, self.p, row, bars);
+                }
+                pass
+            }
+        }
+    }
+
+    /// A panel's bars as the selectors give them: each query's bar (NaN while it takes
+    /// everything: `open`), kept up to date by refreshing the lanes offered to, and the same as
+    /// f32 lanes for the filter's test (minus infinity where open or not a query).
+    struct Bars<T> {
+        values: [T; LANES],
+        open: u16,
+        valid: u16,
+        filter: __m512,
+    }
+
+    impl<T: Real> Bars<T> {
+        #[inline(always)]
+        unsafe fn new<C: Candidates<T>>(candidates: &C, p: usize, valid: u16) -> Self {
+            let mut bars = Bars {
+                values: [T::NAN; LANES],
+                open: 0,
+                valid,
+                // SAFETY: the caller has avx512f.
+                filter: unsafe { _mm512_setzero_ps() },
+            };
+            // SAFETY: forwarded.
+            unsafe { bars.refresh(candidates, p, valid) };
+            bars
+        }
+
+        /// Re-reads the bars of the lanes in `lanes`.
+        #[inline(always)]
+        unsafe fn refresh<C: Candidates<T>>(&mut self, candidates: &C, p: usize, lanes: u16) {
+            let mut rest = lanes & self.valid;
+            while rest != 0 {
+                let l = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                match candidates.bar(p * LANES + l) {
+                    Some(v) => {
+                        self.values[l] = v;
+                        self.open &= !(1 << l);
+                    }
+                    None => {
+                        self.values[l] = T::NAN;
+                        self.open |= 1 << l;
+                    }
+                }
+            }
+            let mut filter = [f32::NEG_INFINITY; LANES];
+            for (l, f) in filter.iter_mut().enumerate() {
+                if (self.valid & !self.open) >> l & 1 == 1 {
+                    *f = self.values[l].to_f64() as f32;
+                }
+            }
+            // SAFETY: `filter` holds LANES values; the caller has avx512f.
+            self.filter = unsafe { _mm512_loadu_ps(filter.as_ptr()) };
+        }
+    }
+
+    /// Lanes of panel `p` that hold one of the `queries`.
+    fn valid_lanes(queries: usize, p: usize) -> u16 {
+        let valid = (queries - p * LANES).min(LANES);
+        (((1u32 << valid) - 1) & 0xFFFF) as u16
+    }
+
+    /// The exact scores of panel `p` against `row` (the row-streaming kernel's, one row),
+    /// offered as that kernel offers them (`emit_rows`): the lanes that beat their bar or whose
+    /// query still takes everything.
+    ///
+    /// # Safety
+    /// As `rows`; `row < job.n`.
+    #[inline(always)]
+    unsafe fn exact<T: Real, V: Lanes<T>, C: Candidates<T>>(
+        job: &RowJob<T>,
+        candidates: &mut C,
+        p: usize,
+        row: usize,
+        bars: &mut Bars<T>,
+    ) {
+        let d = job.d;
+        let q_panel = &job.q[p * LANES * d..(p + 1) * LANES * d];
+        let values = &job.db[row * d..(row + 1) * d];
+        // SAFETY: forwarded; the slices hold a panel and a row, `bars.values` LANES values.
+        unsafe {
+            let mut s = exact_row::<T, V>(q_panel, values, d);
+            if let Some(scale) = job.scale {
+                s = V::mul(s, V::splat(scale[row]));
+            }
+            let beat = V::gt_mask(s, V::load(&bars.values)) as u16;
+            let offered = (beat | bars.open) & bars.valid;
+            if offered != 0 {
+                let mut scores = [T::ZERO; LANES];
+                s.store(&mut scores);
+                candidates.offer_row(p * LANES, row, &scores, u64::from(offered));
+                bars.refresh(candidates, p, offered);
+            }
+        }
+    }
+
+    /// Blocks of one row's exact score run side by side.
+    const CHAINS: usize = 8;
+
+    /// The row-streaming kernel's scores of one row against a panel (`micro_rows` with one
+    /// row: the same sums, so the same bits), with up to `CHAINS` blocks' sums interleaved:
+    /// each block is a chain of `BLOCK` dependent multiply-adds, and one after another they
+    /// would leave the multipliers idle for most of their latency.
+    ///
+    /// # Safety
+    /// As `rows`; `q_panel` holds `LANES * d` values, `values` `d`.
+    #[inline(always)]
+    unsafe fn exact_row<T: Real, V: Lanes<T>>(q_panel: &[T], values: &[T], d: usize) -> V {
+        assert!(q_panel.len() == V::W * d && values.len() == d);
+        let blocks = d.div_ceil(BLOCK);
+        // SAFETY: k < d, so the loads are inside the panel and the row.
+        unsafe {
+            let mut total = V::zero();
+            for b0 in (0..blocks).step_by(CHAINS) {
+                let chains = CHAINS.min(blocks - b0);
+                let mut acc = [V::zero(); CHAINS];
+                for j in 0..BLOCK {
+                    for (i, a) in acc.iter_mut().enumerate().take(chains) {
+                        let k = (b0 + i) * BLOCK + j;
+                        if k < d {
+                            let q = V::load(q_panel.get_unchecked(k * V::W..));
+                            *a = V::mul_add(q, V::splat(*values.get_unchecked(k)), *a);
+                        }
+                    }
+                }
+                for &a in acc.iter().take(chains) {
+                    total = V::add(total, a);
+                }
+            }
+            total
+        }
+    }
+
+    /// `stream` with the stride as a constant where it is one of `STRIDES`. Not inlined: on
+    /// its own the compiler keeps the sixteen accumulators in registers, where inlined into
+    /// `filter` it was seen to spill them.
+    ///
+    /// # Safety
+    /// As `stream`.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    unsafe fn stream_any(
+        q: *const u32,
+        src: *const f32,
+        d: usize,
+        out: *mut u32,
+        stride: usize,
+        pf: &mut Spread,
+    ) -> [__m512; GROUP] {
+        // SAFETY (all arms): forwarded.
+        unsafe {
+            match stride {
+                32 => stream::<32>(q, src, d, out, pf),
+                80 => stream::<80>(q, src, d, out, pf),
+                144 => stream::<144>(q, src, d, out, pf),
+                272 => stream::<272>(q, src, d, out, pf),
+                528 => stream::<528>(q, src, d, out, pf),
+                1040 => stream::<1040>(q, src, d, out, pf),
+                _ => {
+                    for r in 0..GROUP {
+                        convert(src.add(r * d), d, out.add(r * stride), pf);
+                    }
+                    dots::<GROUP, 0>(q, out, d.div_ceil(2), stride, pf)
+                }
+            }
+        }
+    }
+
+    /// `GROUP` rows from `src` (one after another) against the panel `q`, 32 coordinates at a
+    /// time, software-pipelined: while the products of one chunk of 32 coordinates run (16
+    /// steps of pairs), each step converts one row's next chunk as in `convert` (to
+    /// `out + r * S`). The memory is then read evenly while the products run, rather than in
+    /// a burst before them.
+    ///
+    /// # Safety
+    /// As `rows`; `src` holds `GROUP * d` values, `out` `GROUP * S` u32, `q` `ceil(d / 2)`
+    /// vectors of pairs.
+    #[inline(always)]
+    unsafe fn stream<const S: usize>(
+        q: *const u32,
+        src: *const f32,
+        d: usize,
+        out: *mut u32,
+        pf: &mut Spread,
+    ) -> [__m512; GROUP] {
+        let n_pairs = d.div_ceil(2);
+        // SAFETY: loads masked to the rows, stores and broadcasts inside `out`, query loads
+        // inside the panel.
+        unsafe {
+            for r in 0..GROUP {
+                convert_chunk(src.add(r * d), d, out.add(r * S), 0);
+            }
+            let mut acc = [_mm512_setzero_ps(); GROUP];
+            let mut c = 0;
+            while c < d {
+                let next = c + 32;
+                for j in 0..16 {
+                    pf.step();
+                    if next < d {
+                        convert_chunk(src.add(j * d), d, out.add(j * S), next);
+                    }
+                    let pair = c / 2 + j;
+                    if pair < n_pairs {
+                        let qv: __m512bh =
+                            std::mem::transmute(_mm512_loadu_si512(q.add(pair * LANES).cast()));
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            let b = _mm512_set1_epi32(*out.add(r * S + pair) as i32);
+                            *a = _mm512_dpbf16_ps(
+                                *a,
+                                qv,
+                                std::mem::transmute::<__m512i, __m512bh>(b),
+                            );
+                        }
+                    }
+                }
+                c = next;
+            }
+            acc
+        }
+    }
+
+    /// A row's 32 values from coordinate `c` (of `d` at `src`) as bfloat16 to `out + c / 2`
+    /// (zero past `d`).
+    ///
+    /// # Safety
+    /// As `rows`; `c < d`, `src` holds `d` values, `out` `c / 2 + 16` u32.
+    #[inline(always)]
+    unsafe fn convert_chunk(src: *const f32, d: usize, out: *mut u32, c: usize) {
+        // SAFETY: loads masked to the row, the store inside `out`.
+        unsafe {
+            let w = d - c;
+            let (x0, x1) = if w >= 32 {
+                (
+                    _mm512_loadu_ps(src.add(c)),
+                    _mm512_loadu_ps(src.add(c + 16)),
+                )
+            } else {
+                (
+                    _mm512_maskz_loadu_ps(lanes_mask(w), src.add(c)),
+                    _mm512_maskz_loadu_ps(lanes_mask(w.saturating_sub(16)), src.add(c + 16)),
+                )
+            };
+            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+            _mm512_storeu_si512(out.add(c / 2).cast(), pairs);
+        }
+    }
+
+    /// One row from `src` (`d` f32) as bfloat16 in order to `out` (so that u32 `j` is the pair
+    /// `2j, 2j + 1`), zero-filled to whole 64-byte stores, a step of `pf` per 32 values.
+    ///
+    /// # Safety
+    /// As `rows`; `src` holds `d` values, `out` `ceil(d / 32) * 16` u32.
+    #[inline(always)]
+    unsafe fn convert(src: *const f32, d: usize, out: *mut u32, pf: &mut Spread) {
+        // SAFETY: forwarded.
+        unsafe {
+            for c in (0..d).step_by(32) {
+                pf.step();
+                convert_chunk(src, d, out, c);
+            }
+        }
+    }
+
+    /// The first `w` (at most 16) lanes.
+    fn lanes_mask(w: usize) -> u16 {
+        ((1u32 << w.min(16)) - 1) as u16
+    }
+
+    /// Strides (u32) of the converted rows that `dots` knows at compile time, so that its
+    /// broadcasts address every row from one pointer (a 64-byte line more than a power of two,
+    /// so that the rows do not share cache sets).
+    const STRIDES: [usize; 6] = [32, 80, 144, 272, 528, 1040];
+
+    /// The stride of the converted rows of `d` coordinates: whole 64-byte stores, rounded up
+    /// to one of `STRIDES` where one fits.
+    fn row_stride(d: usize) -> usize {
+        let needed = d.div_ceil(32) * 16;
+        STRIDES.into_iter().find(|&s| s >= needed).unwrap_or(needed)
+    }
+
+    /// `dots` with the stride as a constant where it is one of `STRIDES` (not inlined, as
+    /// `stream_any`).
+    ///
+    /// # Safety
+    /// As `dots`.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    unsafe fn dots_any<const R: usize>(
+        q: *const u32,
+        rows: *const u32,
+        n_pairs: usize,
+        stride: usize,
+        pf: &mut Spread,
+    ) -> [__m512; R] {
+        // SAFETY (all arms): forwarded.
+        unsafe {
+            match stride {
+                32 => dots::<R, 32>(q, rows, n_pairs, stride, pf),
+                80 => dots::<R, 80>(q, rows, n_pairs, stride, pf),
+                144 => dots::<R, 144>(q, rows, n_pairs, stride, pf),
+                272 => dots::<R, 272>(q, rows, n_pairs, stride, pf),
+                528 => dots::<R, 528>(q, rows, n_pairs, stride, pf),
+                1040 => dots::<R, 1040>(q, rows, n_pairs, stride, pf),
+                _ => dots::<R, 0>(q, rows, n_pairs, stride, pf),
+            }
+        }
+    }
+
+    /// `R` converted rows (`stride` u32 apart) against one panel of bfloat16 query pairs:
+    /// per pair, one vector of the queries' pairs times each row's pair broadcast, and one
+    /// step of `pf`. `S`: the stride if known, else 0.
+    ///
+    /// # Safety
+    /// As `rows`; `q` holds `n_pairs * LANES` u32, each row `n_pairs`.
+    #[inline(always)]
+    unsafe fn dots<const R: usize, const S: usize>(
+        q: *const u32,
+        rows: *const u32,
+        n_pairs: usize,
+        stride: usize,
+        pf: &mut Spread,
+    ) -> [__m512; R] {
+        let stride = if S == 0 { stride } else { S };
+        // SAFETY: reads inside the panel and the rows.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for j in 0..n_pairs {
+                pf.step();
+                let qv: __m512bh = std::mem::transmute(_mm512_loadu_si512(q.add(j * LANES).cast()));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_epi32(*rows.add(r * stride + j) as i32);
+                    *a = _mm512_dpbf16_ps(*a, qv, std::mem::transmute::<__m512i, __m512bh>(b));
+                }
+            }
+            acc
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bfloat16_rounding_is_to_nearest_even_with_overflow_and_nan() {
+        let back = |h: u16| f32::from_bits(u32::from(h) << 16);
+        assert_eq!(back(to_bf16(1.0)), 1.0);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even (1).
+        assert_eq!(back(to_bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(back(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert_eq!(back(to_bf16(-1.0 - 1.0 / 512.0)), -1.0);
+        assert_eq!(back(to_bf16(f32::MAX)), f32::INFINITY);
+        assert!(back(to_bf16(f32::NAN)).is_nan());
+        for x in [0.1f32, -3.7, 1e-30, 6.5e30] {
+            let y = back(to_bf16(x));
+            assert!(((y - x) / x).abs() <= U_BF16 as f32, "{x} -> {y}");
+        }
+    }
+
+    #[test]
+    fn the_filter_gives_up_when_too_many_rows_pass() {
+        let q = vec![0.5f32; 2 * LANES * 8];
+        let Some(prep) = Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20) else {
+            return; // no AVX512_BF16 here
+        };
+        assert!(prep.worth_it());
+        // Every test passing (two panels a row): the first window is not judged, the second
+        // gives up.
+        prep.count(WINDOW, 2 * WINDOW);
+        assert!(prep.worth_it(), "the first window is not judged");
+        prep.count(WINDOW - 1, 2 * WINDOW - 2);
+        assert!(prep.worth_it(), "a window not yet full");
+        prep.count(1, 0);
+        assert!(!prep.worth_it());
+        prep.count(WINDOW, 0);
+        assert!(!prep.worth_it(), "giving up is for the whole scan");
+        let fine = Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20).unwrap();
+        for _ in 0..5 {
+            fine.count(WINDOW, 2 * WINDOW / GIVE_UP_ONE_IN);
+        }
+        assert!(fine.worth_it());
+        assert!(Bf16Queries::new(Isa::Avx512, Accumulator::Dot, &q, 8, 20).is_none());
+        assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 16).is_none());
+        assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::SquaredDiff, &q, 8, 20).is_none());
+    }
+
+    #[test]
+    fn size_bounds_are_upper_bounds() {
+        for norm in [1e-30f32, 0.5, 1.0, 3.0, 7e20] {
+            let scale = super::super::super::pairwise::cosine_scale(norm);
+            assert!(size_from_scale(scale) >= norm, "{norm}");
+            assert!(size_from_scale(scale) <= norm * 1.001, "{norm}");
+        }
+        assert_eq!(size_from_scale(0.0), f32::INFINITY);
+        assert_eq!(size_from_scale(f32::INFINITY), f32::INFINITY);
+        assert!(size_from_sum(4.0) >= 2.0 && size_from_sum(4.0) < 2.001);
+        assert_eq!(size_from_sum(f64::NAN), f32::INFINITY);
+    }
+}
