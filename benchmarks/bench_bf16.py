@@ -5,7 +5,7 @@
 On a CPU with AVX512_BF16 the Rust top-k kernel screens the rows of a search of 17 to 128
 queries with bfloat16 dot products before the exact kernel (``avx512bf16``); capping the
 instruction set with ``DASK_VECOPS_ISA=avx512`` turns the filter off and nothing else. This
-script times ``topk_block`` (cosine, k=10, 2 kernel threads) both ways in fresh processes that
+script times ``topk_block`` (cosine, k=10 by default, 2 kernel threads) both ways in fresh processes that
 take turns, on the benchmark's clustered embeddings (``dask_vecops.datasets``: queries are
 database rows plus noise, so every query has close neighbours) or on Gaussian rows, and checks
 that both ways return the same bits. A first call computes the database norms; a repeat call is
@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--features", type=int, default=384)
     p.add_argument("--queries", default="16,17,32,64,128")
     p.add_argument("--data", choices=("clustered", "gaussian"), default="clustered")
+    p.add_argument("--k", type=int, default=10)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -74,7 +75,8 @@ def _write_data(tmp: Path, args) -> Path:
 
 def _in_fresh_process(way: str, data: Path, args) -> dict:
     env = {**os.environ, "DASK_VECOPS_ISA": WAYS[way], "DASK_VECOPS_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, __file__, "--child", str(data), way, "--queries", args.queries]
+    cmd = [sys.executable, __file__, "--child", str(data), way, "--queries", args.queries,
+           "--k", str(args.k)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -93,11 +95,11 @@ def _measure(data: Path, args) -> dict:
         for _ in range(3):
             time.sleep(0.3)  # BLAS and OpenMP threads spin after a call
             start = time.perf_counter()
-            s, i, norms = _rust.topk_block(q, db, 10, "cosine")
+            s, i, norms = _rust.topk_block(q, db, args.k, "cosine")
             times["first"].append(time.perf_counter() - start)
             time.sleep(0.3)
             start = time.perf_counter()
-            s2, i2, _ = _rust.topk_block(q, db, 10, "cosine", None, norms)
+            s2, i2, _ = _rust.topk_block(q, db, args.k, "cosine", None, norms)
             times["repeat"].append(time.perf_counter() - start)
         digest = hashlib.sha1(s.tobytes() + i.tobytes() + s2.tobytes() + norms.tobytes())
         out[nq] = {k: min(v) for k, v in times.items()} | {"digest": digest.hexdigest()}
@@ -105,7 +107,7 @@ def _measure(data: Path, args) -> dict:
 
 
 def _report(runs: dict, args) -> None:
-    print(f"{args.rows:,} x {args.features} float32, {args.data}, cosine, k=10, "
+    print(f"{args.rows:,} x {args.features} float32, {args.data}, cosine, k={args.k}, "
           f"{args.threads} kernel threads, {args.rounds} rounds (best of 3 calls per process)")
     print()
     print("| queries | call | plain avx512 ms | bf16 filter ms | plain / bf16 (median of rounds) |")

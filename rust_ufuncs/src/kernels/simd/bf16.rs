@@ -32,16 +32,20 @@ use super::{has_bf16, Accumulator, Isa, Real, BLOCK};
 
 /// Fewest queries the filter takes. With one panel (16 queries or fewer) the row-streaming
 /// kernel is close to the memory's speed, and on the benchmark's clustered data the filter
-/// measured slower there (16 queries: 0.84x); from two panels on it is faster (32: 1.15x,
-/// 128: 1.41x; benchmarks/RESULTS.md, "bfloat16 filter").
+/// measured slower there (16 queries: 0.84x); from two panels on it is faster (32: 1.20x,
+/// 128: 1.43x on a repeat search; benchmarks/RESULTS.md, "bfloat16 filter").
 pub const BF16_QUERIES: usize = 17;
-/// The filter gives up on a scan once, in a window of `WINDOW` rows, more than one row-panel
-/// test in this many sent its row to the exact kernel (data with many near ties to the bars):
-/// an exact score costs about twice a row-panel of the plain kernel, and the filter's own work
-/// is half of one.
+/// Most coordinates the filter takes: beyond, a group's converted rows and a panel of query
+/// pairs outgrow L1 and the filter measured slower (1,536: 0.86x at 1,000 queries; 768:
+/// 1.05x; 384 and 64: 1.4x).
+pub const BF16_MAX_FEATURES: usize = 768;
+/// The filter starts a scan's rows only after its first `WINDOW` rows (which the plain kernel
+/// takes: the bars start open and rise fast, so early rows pass whatever the data, and an exact
+/// score for one row costs more than the plain kernel's for a row of a group), and gives up on
+/// the scan once, in a window of `WINDOW` rows, more than one row-panel test in this many sent
+/// its row to the exact kernel (data with many near ties to the bars).
 const GIVE_UP_ONE_IN: usize = 4;
-/// Rows per window; the first window of a scan is not judged (the bars start open and rise
-/// fast, so early rows pass whatever the data).
+/// Rows per window.
 const WINDOW: usize = 4096;
 /// Queries per panel: the f32 lanes of one AVX-512 vector.
 const LANES: usize = 16;
@@ -66,12 +70,12 @@ pub struct Bf16Queries {
     /// Per panel and lane: `|exact - filter| <= a * |row| + c` (rounded up to f32).
     a: Vec<f32>,
     c: Vec<f32>,
-    /// Rows and row-panel tests in the current window, how many tests sent the row to the
-    /// exact kernel, windows so far, and whether the filter gave up.
+    /// Rows of the scan so far; rows and row-panel tests in the filter's current window, and
+    /// how many tests sent the row to the exact kernel; whether the filter gave up.
+    seen: AtomicUsize,
     rows: AtomicUsize,
     tested: AtomicUsize,
     passed: AtomicUsize,
-    windows: AtomicUsize,
     given_up: AtomicBool,
 }
 
@@ -79,7 +83,8 @@ impl Bf16Queries {
     /// The filter's queries when it applies to a scan on `isa` of `queries` packed queries
     /// (`q`: panels of `LANES` lanes x `d` coordinates, `[panel][coordinate][lane]`), else
     /// `None`: the CPU lacks AVX512_BF16 or `isa` caps it off, the scores are not f32 dot
-    /// products, or there are fewer than `BF16_QUERIES` queries.
+    /// products, there are fewer than `BF16_QUERIES` queries or more than `BF16_MAX_FEATURES`
+    /// coordinates.
     pub fn new<T: Real>(
         isa: Isa,
         kind: Accumulator,
@@ -88,7 +93,8 @@ impl Bf16Queries {
         queries: usize,
     ) -> Option<Self> {
         let f32_dots = kind == Accumulator::Dot && TypeId::of::<T>() == TypeId::of::<f32>();
-        if !(has_bf16(isa) && f32_dots && queries >= BF16_QUERIES && d > 0) {
+        let sized = queries >= BF16_QUERIES && (1..=BF16_MAX_FEATURES).contains(&d);
+        if !(has_bf16(isa) && f32_dots && sized) {
             return None;
         }
         let panels = queries.div_ceil(LANES);
@@ -129,27 +135,32 @@ impl Bf16Queries {
             panels,
             a,
             c,
+            seen: AtomicUsize::new(0),
             rows: AtomicUsize::new(0),
             tested: AtomicUsize::new(0),
             passed: AtomicUsize::new(0),
-            windows: AtomicUsize::new(0),
             given_up: AtomicBool::new(false),
         })
     }
 
-    /// Whether the filter still pays on this scan (see `GIVE_UP_ONE_IN`).
+    /// Whether the filter takes the scan's next rows (see `GIVE_UP_ONE_IN`).
     pub fn worth_it(&self) -> bool {
-        !self.given_up.load(Ordering::Relaxed)
+        self.seen.load(Ordering::Relaxed) >= WINDOW && !self.given_up.load(Ordering::Relaxed)
+    }
+
+    /// Counts rows the plain kernel took.
+    pub fn skipped(&self, rows: usize) {
+        self.seen.fetch_add(rows, Ordering::Relaxed);
     }
 
     /// Counts a call's rows and passes, judging each window as it fills.
     fn count(&self, rows: usize, passed: usize) {
+        self.seen.fetch_add(rows, Ordering::Relaxed);
         let tested = self.tested.fetch_add(rows * self.panels, Ordering::Relaxed);
         let tested = tested + rows * self.panels;
         let passed = self.passed.fetch_add(passed, Ordering::Relaxed) + passed;
         if self.rows.fetch_add(rows, Ordering::Relaxed) + rows >= WINDOW {
-            let first = self.windows.fetch_add(1, Ordering::Relaxed) == 0;
-            if !first && passed * GIVE_UP_ONE_IN > tested {
+            if passed * GIVE_UP_ONE_IN > tested {
                 self.given_up.store(true, Ordering::Relaxed);
             }
             for counter in [&self.rows, &self.tested, &self.passed] {
@@ -854,16 +865,17 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_gives_up_when_too_many_rows_pass() {
+    fn the_filter_starts_after_a_window_and_gives_up_when_too_many_rows_pass() {
         let q = vec![0.5f32; 2 * LANES * 8];
         let Some(prep) = Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20) else {
             return; // no AVX512_BF16 here
         };
+        assert!(!prep.worth_it(), "the plain kernel takes the first window");
+        prep.skipped(WINDOW - 1);
+        assert!(!prep.worth_it());
+        prep.skipped(1);
         assert!(prep.worth_it());
-        // Every test passing (two panels a row): the first window is not judged, the second
-        // gives up.
-        prep.count(WINDOW, 2 * WINDOW);
-        assert!(prep.worth_it(), "the first window is not judged");
+        // Every test passing (two panels a row): the window gives up once full.
         prep.count(WINDOW - 1, 2 * WINDOW - 2);
         assert!(prep.worth_it(), "a window not yet full");
         prep.count(1, 0);
@@ -871,12 +883,16 @@ mod tests {
         prep.count(WINDOW, 0);
         assert!(!prep.worth_it(), "giving up is for the whole scan");
         let fine = Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20).unwrap();
+        fine.skipped(WINDOW);
         for _ in 0..5 {
             fine.count(WINDOW, 2 * WINDOW / GIVE_UP_ONE_IN);
         }
         assert!(fine.worth_it());
         assert!(Bf16Queries::new(Isa::Avx512, Accumulator::Dot, &q, 8, 20).is_none());
         assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 16).is_none());
+        let wide = vec![0.5f32; 2 * LANES * (BF16_MAX_FEATURES + 1)];
+        let d = BF16_MAX_FEATURES + 1;
+        assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &wide, d, 20).is_none());
         assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::SquaredDiff, &q, 8, 20).is_none());
     }
 

@@ -863,7 +863,9 @@ pub fn score_rows<T: Real, C: Candidates<T>>(
             // SAFETY: `has_bf16` checked the CPU; `Bf16Queries` exist only for f32 dot products.
             return unsafe { bf16::rows(job, candidates, queries, norms) };
         }
-        // The filter gave up on this scan: the plain kernel, with the norms computed first.
+        // The first rows of a scan, or the filter gave up on it: the plain kernel, with the
+        // norms computed first.
+        prep.skipped(job.n);
         let mut scales = Vec::new();
         if let Some(on_the_way) = norms {
             let mut sums = vec![0.0; job.n];
