@@ -56,16 +56,16 @@ def main() -> None:
 
 
 def _write_data(tmp: Path, args) -> Path:
-    """The database and the largest query batch, as .npy files the children map."""
-    from dask_vecops.datasets import clustered_embeddings
-
-    rng = np.random.default_rng(7)
+    """The database and the largest query batch, as .npy files the children load: clustered as
+    in ``bench_topk.py`` (database rows plus noise as queries), or Gaussian."""
     nq = max(int(x) for x in args.queries.split(","))
     if args.data == "clustered":
-        db = clustered_embeddings(args.rows, args.features).compute()
-        picks = rng.choice(args.rows, size=nq, replace=False)
-        q = db[picks] + 0.05 * rng.standard_normal((nq, args.features)).astype(np.float32)
+        from bench_topk import _data
+
+        db, q = _data(argparse.Namespace(rows=args.rows, features=args.features, queries=nq,
+                                         chunk_rows=50_000, self_join=False))
     else:
+        rng = np.random.default_rng(7)
         db = rng.standard_normal((args.rows, args.features), dtype=np.float32)
         q = rng.standard_normal((nq, args.features), dtype=np.float32)
     np.save(tmp / "db.npy", db)

@@ -342,12 +342,19 @@ impl<T: Real> Problem<'_, T> {
         if rows_path {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
             let bf16 = simd::Bf16Queries::new(scorer.isa, scorer.kind(), &q_packed, d, nq);
-            // Unknown cosine norms: the filters compute them as they read the rows.
-            let filtered = nq <= simd::FILTER_QUERIES || bf16.is_some();
-            let on_the_way = filtered && scorer.cosine() && scorer.db_norms.is_none();
+            let unknown_norms = scorer.cosine() && scorer.db_norms.is_none();
             let mut own_norms = Buf::take();
             for start in (0..n).step_by(block) {
                 let rows = start..(start + block).min(n);
+                // The bfloat16 filter takes this block unless it is among the scan's first
+                // rows or the filter gave up (`Bf16Queries::worth_it`).
+                let filter = bf16.as_ref().filter(|b| b.worth_it());
+                if let (Some(b), None) = (&bf16, filter) {
+                    b.skipped(rows.len());
+                }
+                // Unknown cosine norms: the filters compute them as they read the rows.
+                let filtered = nq <= simd::FILTER_QUERIES || filter.is_some();
+                let on_the_way = filtered && unknown_norms;
                 let out = norms_out.as_deref_mut().map(|n| &mut n[rows.clone()]);
                 let (scaled, norms) = if on_the_way {
                     let norms = out.unwrap_or_else(|| {
@@ -377,7 +384,7 @@ impl<T: Real> Problem<'_, T> {
                     d,
                     scale: scaled.then_some(&scale[..]),
                     prefetch: scorer.db.slice(next).data,
-                    bf16: bf16.as_ref(),
+                    bf16: filter,
                 };
                 let mut candidates = Group {
                     selectors: &mut *selectors,
@@ -920,6 +927,29 @@ mod tests {
         filter_gives_the_exact_bits::<f64>();
     }
 
+    /// `topk_with` for cosine with `threads` threads, the database norms computed by the call
+    /// (`db` rows of `d`): (scores' bits, ids), norms.
+    fn cosine_with_norms<T: Real>(
+        q: &[T],
+        db: &[T],
+        d: usize,
+        k: usize,
+        threads: usize,
+    ) -> ((Vec<u64>, Vec<i64>), Vec<T>) {
+        let (nq, ndb) = (q.len() / d, db.len() / d);
+        let mut norms = vec![T::NAN; ndb];
+        let mut out: Out<T> = (vec![T::ZERO; nq * k], vec![0; nq * k]);
+        let options = TopkOptions {
+            exclude: None,
+            db_norms: None,
+            norms_out: Some(&mut norms),
+            threads,
+        };
+        let (q, db) = (Rows::new(q, nq, d), Rows::new(db, ndb, d));
+        topk_with(Metric::Cosine, q, db, k, options, &mut out.0, &mut out.1);
+        (bits(&out), norms)
+    }
+
     /// Every way a scan computes the norms (a separate pass, either filter on the way, each
     /// thread's slice) returns `cosine_norm`'s bits.
     fn computed_norms_are_returned_by_every_split<T: Real>() {
@@ -940,23 +970,7 @@ mod tests {
                 let want: Vec<T> = (0..ndb)
                     .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
                     .collect();
-                let mut norms = vec![T::NAN; ndb];
-                let (mut s, mut i) = (vec![T::ZERO; nq * k], vec![0; nq * k]);
-                let options = TopkOptions {
-                    exclude: None,
-                    db_norms: None,
-                    norms_out: Some(&mut norms),
-                    threads,
-                };
-                topk_with(
-                    Metric::Cosine,
-                    Rows::new(&q, nq, d),
-                    Rows::new(&db, ndb, d),
-                    k,
-                    options,
-                    &mut s,
-                    &mut i,
-                );
+                let (_, norms) = cosine_with_norms(&q, &db, d, k, threads);
                 let (got, want): (Vec<u64>, Vec<u64>) = norms
                     .iter()
                     .zip(&want)
@@ -990,25 +1004,12 @@ mod tests {
         let want: Vec<f32> = (0..ndb)
             .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
             .collect();
-        let solve = |nq: usize| {
-            let mut norms = vec![f32::NAN; ndb];
-            let (mut s, mut i) = (vec![0.0; nq * k], vec![0; nq * k]);
-            let options = TopkOptions {
-                exclude: None,
-                db_norms: None,
-                norms_out: Some(&mut norms),
-                threads: 1,
-            };
-            let (q, db) = (Rows::new(&q[..nq * d], nq, d), Rows::new(&db, ndb, d));
-            topk_with(Metric::Cosine, q, db, k, options, &mut s, &mut i);
-            let bits: Vec<u32> = s.iter().map(|x| x.to_bits()).collect();
-            (bits, i, norms)
-        };
-        let (panel_s, panel_i, _) = solve(200);
+        let solve = |nq: usize| cosine_with_norms(&q[..nq * d], &db, d, k, 1);
+        let (panel, _) = solve(200);
         for nq in [20, 40] {
-            let (s, i, norms) = solve(nq);
-            assert_eq!(s, panel_s[..nq * k], "{nq} scores");
-            assert_eq!(i, panel_i[..nq * k], "{nq} ids");
+            let ((s, i), norms) = solve(nq);
+            assert_eq!(s, panel.0[..nq * k], "{nq} scores");
+            assert_eq!(i, panel.1[..nq * k], "{nq} ids");
             assert_eq!(norms, want, "{nq} norms");
         }
     }

@@ -143,7 +143,8 @@ impl Bf16Queries {
         })
     }
 
-    /// Whether the filter takes the scan's next rows (see `GIVE_UP_ONE_IN`).
+    /// Whether the filter takes the scan's next rows (see `GIVE_UP_ONE_IN`); the caller gives
+    /// those it does not take to the plain kernel and counts them with `skipped`.
     pub fn worth_it(&self) -> bool {
         self.seen.load(Ordering::Relaxed) >= WINDOW && !self.given_up.load(Ordering::Relaxed)
     }
@@ -237,6 +238,35 @@ mod x86 {
         prefetch_l2, sum_squares_rows, Candidates, Lanes, NormsOnTheWay, Real, RowJob, BLOCK,
     };
     use super::{size_from_scale, size_from_sum, Bf16Queries, GROUP, LANES};
+
+    /// `$call` with `$s` a constant equal to `$stride`, one of `STRIDES`.
+    macro_rules! at_stride {
+        ($stride:expr, $s:ident => $call:expr) => {
+            match $stride {
+                32 => {
+                    const $s: usize = 32;
+                    $call
+                }
+                80 => {
+                    const $s: usize = 80;
+                    $call
+                }
+                144 => {
+                    const $s: usize = 144;
+                    $call
+                }
+                272 => {
+                    const $s: usize = 272;
+                    $call
+                }
+                528 => {
+                    const $s: usize = 528;
+                    $call
+                }
+                other => unreachable!("{other} is not one of STRIDES"),
+            }
+        };
+    }
 
     const UP: i32 = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC;
     /// Where the bound takes a row's size from.
@@ -654,23 +684,8 @@ mod x86 {
         stride: usize,
         pf: &mut Spread,
     ) -> [__m512; GROUP] {
-        // SAFETY (all arms): forwarded.
-        unsafe {
-            match stride {
-                32 => stream::<32>(q, src, d, out, pf),
-                80 => stream::<80>(q, src, d, out, pf),
-                144 => stream::<144>(q, src, d, out, pf),
-                272 => stream::<272>(q, src, d, out, pf),
-                528 => stream::<528>(q, src, d, out, pf),
-                1040 => stream::<1040>(q, src, d, out, pf),
-                _ => {
-                    for r in 0..GROUP {
-                        convert(src.add(r * d), d, out.add(r * stride), pf);
-                    }
-                    dots::<GROUP, 0>(q, out, d.div_ceil(2), stride, pf)
-                }
-            }
-        }
+        // SAFETY: forwarded.
+        unsafe { at_stride!(stride, S => stream::<S>(q, src, d, out, pf)) }
     }
 
     /// `GROUP` rows from `src` (one after another) against the panel `q`, 32 coordinates at a
@@ -708,16 +723,7 @@ mod x86 {
                     }
                     let pair = c / 2 + j;
                     if pair < n_pairs {
-                        let qv: __m512bh =
-                            std::mem::transmute(_mm512_loadu_si512(q.add(pair * LANES).cast()));
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            let b = _mm512_set1_epi32(*out.add(r * S + pair) as i32);
-                            *a = _mm512_dpbf16_ps(
-                                *a,
-                                qv,
-                                std::mem::transmute::<__m512i, __m512bh>(b),
-                            );
-                        }
+                        add_pair::<GROUP, S>(&mut acc, q, out, pair);
                     }
                 }
                 c = next;
@@ -773,23 +779,22 @@ mod x86 {
         ((1u32 << w.min(16)) - 1) as u16
     }
 
-    /// Strides (u32) of the converted rows that `dots` knows at compile time, so that its
-    /// broadcasts address every row from one pointer (a 64-byte line more than a power of two,
-    /// so that the rows do not share cache sets).
-    const STRIDES: [usize; 6] = [32, 80, 144, 272, 528, 1040];
+    /// Strides (u32) of the converted rows, known at compile time (`at_stride`) so that the
+    /// broadcasts address every row from one pointer: whole 64-byte stores, a line more than a
+    /// power of two so that the rows do not share cache sets; up to `BF16_MAX_FEATURES`.
+    const STRIDES: [usize; 5] = [32, 80, 144, 272, 528];
 
-    /// The stride of the converted rows of `d` coordinates: whole 64-byte stores, rounded up
-    /// to one of `STRIDES` where one fits.
+    /// The stride of the converted rows of `d` coordinates (`d <= BF16_MAX_FEATURES`).
     fn row_stride(d: usize) -> usize {
         let needed = d.div_ceil(32) * 16;
-        STRIDES.into_iter().find(|&s| s >= needed).unwrap_or(needed)
+        let stride = STRIDES.into_iter().find(|&s| s >= needed);
+        stride.expect("the filter takes at most BF16_MAX_FEATURES coordinates")
     }
 
-    /// `dots` with the stride as a constant where it is one of `STRIDES` (not inlined, as
-    /// `stream_any`).
+    /// `dots` at the constant stride `stride` (not inlined, as `stream_any`).
     ///
     /// # Safety
-    /// As `dots`.
+    /// As `dots`; `stride` one of `STRIDES`.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
     unsafe fn dots_any<const R: usize>(
@@ -799,23 +804,12 @@ mod x86 {
         stride: usize,
         pf: &mut Spread,
     ) -> [__m512; R] {
-        // SAFETY (all arms): forwarded.
-        unsafe {
-            match stride {
-                32 => dots::<R, 32>(q, rows, n_pairs, stride, pf),
-                80 => dots::<R, 80>(q, rows, n_pairs, stride, pf),
-                144 => dots::<R, 144>(q, rows, n_pairs, stride, pf),
-                272 => dots::<R, 272>(q, rows, n_pairs, stride, pf),
-                528 => dots::<R, 528>(q, rows, n_pairs, stride, pf),
-                1040 => dots::<R, 1040>(q, rows, n_pairs, stride, pf),
-                _ => dots::<R, 0>(q, rows, n_pairs, stride, pf),
-            }
-        }
+        // SAFETY: forwarded.
+        unsafe { at_stride!(stride, S => dots::<R, S>(q, rows, n_pairs, pf)) }
     }
 
-    /// `R` converted rows (`stride` u32 apart) against one panel of bfloat16 query pairs:
-    /// per pair, one vector of the queries' pairs times each row's pair broadcast, and one
-    /// step of `pf`. `S`: the stride if known, else 0.
+    /// `R` converted rows (`S` u32 apart) against one panel of bfloat16 query pairs, a step
+    /// of `pf` per pair.
     ///
     /// # Safety
     /// As `rows`; `q` holds `n_pairs * LANES` u32, each row `n_pairs`.
@@ -824,22 +818,38 @@ mod x86 {
         q: *const u32,
         rows: *const u32,
         n_pairs: usize,
-        stride: usize,
         pf: &mut Spread,
     ) -> [__m512; R] {
-        let stride = if S == 0 { stride } else { S };
-        // SAFETY: reads inside the panel and the rows.
+        // SAFETY: forwarded.
         unsafe {
             let mut acc = [_mm512_setzero_ps(); R];
-            for j in 0..n_pairs {
+            for pair in 0..n_pairs {
                 pf.step();
-                let qv: __m512bh = std::mem::transmute(_mm512_loadu_si512(q.add(j * LANES).cast()));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let b = _mm512_set1_epi32(*rows.add(r * stride + j) as i32);
-                    *a = _mm512_dpbf16_ps(*a, qv, std::mem::transmute::<__m512i, __m512bh>(b));
-                }
+                add_pair::<R, S>(&mut acc, q, rows, pair);
             }
             acc
+        }
+    }
+
+    /// One pair of coordinates into `R` rows' accumulators: the panel's vector of query pairs
+    /// times each row's pair (rows `S` u32 apart) broadcast.
+    ///
+    /// # Safety
+    /// As `rows`; `pair` inside the panel `q` and the rows.
+    #[inline(always)]
+    unsafe fn add_pair<const R: usize, const S: usize>(
+        acc: &mut [__m512; R],
+        q: *const u32,
+        rows: *const u32,
+        pair: usize,
+    ) {
+        // SAFETY: forwarded; the transmutes reinterpret 512 bits as 32 bfloat16.
+        unsafe {
+            let qv: __m512bh = std::mem::transmute(_mm512_loadu_si512(q.add(pair * LANES).cast()));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_epi32(*rows.add(r * S + pair) as i32);
+                *a = _mm512_dpbf16_ps(*a, qv, std::mem::transmute::<__m512i, __m512bh>(b));
+            }
         }
     }
 }

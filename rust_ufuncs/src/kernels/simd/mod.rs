@@ -856,35 +856,11 @@ pub fn score_rows<T: Real, C: Candidates<T>>(
         );
         assert_eq!(on_the_way.norms.len(), job.n, "one norm per database row");
     }
-    if let Some(prep) = job.bf16 {
+    if job.bf16.is_some() {
         assert!(has_bf16(isa), "the bfloat16 filter needs AVX512_BF16");
-        if prep.worth_it() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `has_bf16` checked the CPU; `Bf16Queries` exist only for f32 dot products.
-            return unsafe { bf16::rows(job, candidates, queries, norms) };
-        }
-        // The first rows of a scan, or the filter gave up on it: the plain kernel, with the
-        // norms computed first.
-        prep.skipped(job.n);
-        let mut scales = Vec::new();
-        if let Some(on_the_way) = norms {
-            let mut sums = vec![0.0; job.n];
-            sum_squares_rows(job.db, job.d, &mut sums);
-            for (norm, sum) in on_the_way.norms.iter_mut().zip(sums) {
-                *norm = T::from_f64(sum.sqrt());
-                scales.push((on_the_way.scale)(*norm));
-            }
-        }
-        let plain = RowJob {
-            bf16: None,
-            scale: if scales.is_empty() {
-                job.scale
-            } else {
-                Some(&scales[..])
-            },
-            ..job
-        };
-        return score_rows(isa, plain, candidates, queries, None);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `has_bf16` checked the CPU; `Bf16Queries` exist only for f32 dot products.
+        return unsafe { bf16::rows(job, candidates, queries, norms) };
     }
     match effective(isa) {
         #[cfg(target_arch = "x86_64")]
