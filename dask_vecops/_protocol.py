@@ -68,13 +68,16 @@ class ChunkBackend(Protocol):
         metric: str,
         exclude: np.ndarray | None = None,
         db_norms: np.ndarray | None = None,
+        lazy_norms: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Best ``k`` rows of ``db`` for each row of ``q``: ``(scores, ids, db_norms)``.
 
         ids are local to ``db``. ``exclude``, when given, holds for each query a local ``db`` row
         to leave out (-1: none). For cosine, ``db_norms`` are the L2 norms of the ``db`` rows when
         the caller has them (the backend then does not recompute them); the backend returns the
-        norms it used, or None when it has none to give, so the caller can cache them.
+        norms it used, so the caller can cache them and screen rows that are not finite. With
+        ``lazy_norms`` (cosine without ``db_norms``) the backend may skip the norms it does not
+        need and return None instead, but only when every ``db`` row is finite.
         """
 
     def merge_topk(

@@ -19,6 +19,7 @@ def topk_block(
     metric: Literal["cosine", "dot", "euclidean", "manhattan"],
     exclude: np.ndarray[tuple[int], np.dtype[np.int64]] | None = None,
     db_norms: np.ndarray[tuple[int], np.dtype[_F]] | None = None,
+    lazy_norms: bool = False,
 ) -> tuple[
     np.ndarray[tuple[int, int], np.dtype[_F]],
     np.ndarray[tuple[int, int], np.dtype[np.int64]],
@@ -32,6 +33,9 @@ def topk_block(
     Best first; ties to the lower id; NaN scores never returned; padding (NaN, -1). The
     third element is, for cosine, the norms used (``db_norms`` itself, or those computed in
     the same pass, equal to ``norm_l2(db)``), for the caller to cache; None otherwise.
+    ``lazy_norms=True`` (cosine without ``db_norms``): a few float32 queries bound the scales
+    from float32 sums, compute exact norms only for the rows that could enter a top k, and
+    return None for the norms, when every ``db`` row is finite (else all the norms). Same bits.
     Runs without the GIL, on up to ``get_num_threads()`` threads.
     """
 

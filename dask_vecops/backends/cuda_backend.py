@@ -97,12 +97,13 @@ def _similarity(a, b, metric):
     return launch.distances(a, b, metric)
 
 
-def topk_block(q, db, k, metric, exclude=None, db_norms=None):
+def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
     """Best ``k`` rows of ``db`` for each row of ``q`` (see the chunk protocol).
 
     The database is scored in tiles of at most :data:`TILE_BYTES`; each tile's best k per query
     are selected by the kernel and merged into the running result. For cosine the queries are
-    normalised and each tile is scaled by its rows' inverse norms before the product.
+    normalised and each tile is scaled by its rows' inverse norms before the product, which are
+    computed whether ``lazy_norms`` or not.
     """
     scores, ids, norms = _topk(
         _on_gpu(q), _on_gpu(db), k, metric, _on_gpu(exclude), _on_gpu(db_norms)

@@ -52,6 +52,9 @@ def _distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return out
 
 
-def topk_block(q, db, k, metric, exclude=None, db_norms=None):
-    """Best ``k`` rows of ``db`` for each row of ``q``, tile by tile (see the chunk protocol)."""
+def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
+    """Best ``k`` rows of ``db`` for each row of ``q``, tile by tile (see the chunk protocol).
+
+    The norms are computed whether ``lazy_norms`` or not: they cost a fraction of the products.
+    """
     return _select.tiled_topk(similarity_block, q, db, k, metric, exclude, db_norms)

@@ -26,18 +26,20 @@ def similarity_block(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return _PAIRWISE[metric](a, b)
 
 
-def topk_block(q, db, k, metric, exclude=None, db_norms=None):
+def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
     """Best ``k`` rows of ``db`` for each row of ``q`` by the fused Rust kernel.
 
     For cosine the kernel returns the database norms it computed in its pass over ``db`` (or the
-    ``db_norms`` it was given), so the caller can cache them.
+    ``db_norms`` it was given), so the caller can cache them. With ``lazy_norms`` a few float32
+    queries skip the norms of the rows that cannot enter a top k, and get None for them when
+    every row is finite.
     """
     q, db = _in_place(q), _in_place(db)
     if exclude is not None:
         exclude = _in_place(exclude, np.int64)
     if db_norms is not None:
         db_norms = _in_place(db_norms, db.dtype)
-    return _rust.topk_block(q, db, k, metric, exclude, db_norms)
+    return _rust.topk_block(q, db, k, metric, exclude, db_norms, lazy_norms)
 
 
 def _in_place(x: np.ndarray, dtype=None) -> np.ndarray:

@@ -160,10 +160,13 @@ def _topk_pair(
     norms = NORM_CACHE.get(key) if key else None
     seconds = 0.0
     if metric == "cosine" and norms is None:
-        # The norms the kernel computes tell whether every row is finite, sparing a pass.
-        scores, ids, norms, seconds = search(db, db_rows)
-        if norms is not None and bool(array_module(norms).isfinite(norms).all()):
-            if key:
+        # The norms the kernel computes tell whether every row is finite, sparing a pass. A
+        # chunk's first search lets the backend skip them (it then returns None, every row
+        # finite); one searched again gets them computed, to cache.
+        lazy = key is None or not NORM_CACHE.missed_before(key)
+        scores, ids, norms, seconds = search(db, db_rows, lazy_norms=lazy)
+        if norms is None or bool(array_module(norms).isfinite(norms).all()):
+            if key and norms is not None:
                 NORM_CACHE.put(key, norms, norm_cache_bytes)
             _metrics.record("topk", backend, d1 - d0, seconds)
             return _with_all_queries(scores, ids, keep_q)
@@ -177,11 +180,13 @@ def _topk_pair(
     return _with_all_queries(scores, ids, keep_q)
 
 
-def _search(topk_block, q, q_rows, db, db_rows, *, k, metric, self_join, db_norms=None):
+def _search(
+    topk_block, q, q_rows, db, db_rows, *, k, metric, self_join, db_norms=None, lazy_norms=False
+):
     """The backend's top-k of one pair of blocks, with global database ids, and its seconds."""
     exclude = _local_positions(q_rows, db_rows) if self_join else None
     start = _metrics.clock()
-    scores, local, norms = topk_block(q, db, k, metric, exclude, db_norms)
+    scores, local, norms = topk_block(q, db, k, metric, exclude, db_norms, lazy_norms)
     seconds = _metrics.clock() - start
     return scores, _global_ids(local, db_rows), norms, seconds
 

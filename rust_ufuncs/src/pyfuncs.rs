@@ -65,7 +65,8 @@ fn dtype_is<T: Element>(a: &Bound<'_, PyUntypedArray>) -> bool {
 
 /// Exact top-``k`` rows of ``db`` for each row of ``q``, with the database norms for cosine.
 ///
-/// ``topk_block(q, db, k, metric, exclude=None, db_norms=None) -> (scores, ids, db_norms)``
+/// ``topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False)
+/// -> (scores, ids, db_norms)``
 ///
 /// ``q`` (m, d) and ``db`` (n, d): C-contiguous, aligned float32 or float64 arrays of the same
 /// dtype (read in place, never copied).
@@ -80,9 +81,14 @@ fn dtype_is<T: Element>(a: &Bound<'_, PyUntypedArray>) -> bool {
 /// norms the call used (``db_norms`` itself when given, else the norms computed in the same
 /// pass over ``db``, ready to be cached and passed back); None for the other metrics.
 ///
+/// ``lazy_norms=True`` (cosine without ``db_norms``): the call may skip the norms of the rows
+/// that cannot enter any top k (a few float32 queries: it bounds them from float32 sums) and
+/// then returns None for them, but only when every ``db`` row is finite; the results are the
+/// same bits either way.
+///
 /// Runs without the GIL, on up to ``get_num_threads()`` threads.
 #[pyfunction]
-#[pyo3(signature = (q, db, k, metric, exclude=None, db_norms=None))]
+#[pyo3(signature = (q, db, k, metric, exclude=None, db_norms=None, lazy_norms=false))]
 pub fn topk_block<'py>(
     q: &Bound<'py, PyAny>,
     db: &Bound<'py, PyAny>,
@@ -90,6 +96,7 @@ pub fn topk_block<'py>(
     metric: &str,
     exclude: Option<&Bound<'py, PyAny>>,
     db_norms: Option<&Bound<'py, PyAny>>,
+    lazy_norms: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let metric = parse_metric(metric)?;
     if k < 0 {
@@ -152,9 +159,9 @@ pub fn topk_block<'py>(
     };
     let k = k as usize;
     if dtype_is::<f32>(qa) {
-        run::<f32>(q, db, k, metric, exclude, norms)
+        run::<f32>(q, db, k, metric, exclude, norms, lazy_norms)
     } else if dtype_is::<f64>(qa) {
-        run::<f64>(q, db, k, metric, exclude, norms)
+        run::<f64>(q, db, k, metric, exclude, norms, lazy_norms)
     } else {
         Err(PyTypeError::new_err(format!(
             "q and db must be float32 or float64 arrays, got dtype {}",
@@ -170,6 +177,7 @@ fn run<'py, T: Real + Element>(
     metric: Metric,
     exclude: Option<Bound<'py, PyArray1<i64>>>,
     db_norms: Option<&Bound<'py, PyAny>>,
+    lazy_norms: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let py = q.py();
     let (q, db) = (q.cast::<PyArray2<T>>()?, db.cast::<PyArray2<T>>()?);
@@ -182,7 +190,7 @@ fn run<'py, T: Real + Element>(
     let norms_ro = norms_in.as_ref().map(|a| a.try_readonly()).transpose()?;
     let scores = PyArray2::<T>::zeros(py, [m, k], false);
     let ids = PyArray2::<i64>::zeros(py, [m, k], false);
-    let computed = (metric == Metric::Cosine && norms_in.is_none())
+    let mut computed = (metric == Metric::Cosine && norms_in.is_none())
         .then(|| PyArray1::<T>::zeros(py, n, false));
     {
         let mut s_rw = scores.try_readwrite()?;
@@ -201,6 +209,7 @@ fn run<'py, T: Real + Element>(
                     exclude: exclude_s,
                     db_norms: norms_s,
                     norms_out,
+                    lazy_norms,
                     threads,
                 };
                 topk_with(
@@ -211,18 +220,23 @@ fn run<'py, T: Real + Element>(
                     options,
                     s,
                     i,
-                );
+                )
             }))
         });
-        if let Err(payload) = outcome {
-            let detail = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            return Err(PyRuntimeError::new_err(format!(
-                "topk_block: Rust panic: {detail}"
-            )));
+        match outcome {
+            Ok(true) => {}
+            // Every row finite, and the norms not needed: none to return.
+            Ok(false) => computed = None,
+            Err(payload) => {
+                let detail = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                return Err(PyRuntimeError::new_err(format!(
+                    "topk_block: Rust panic: {detail}"
+                )));
+            }
         }
     }
     let third: Bound<'py, PyAny> = match (metric, computed, db_norms) {

@@ -79,6 +79,11 @@ pub fn cosine_scale<T: Real>(norm: T) -> T {
     }
 }
 
+/// The exact scale of a row for cosine: `cosine_scale(cosine_norm(row))`.
+pub fn exact_scale<T: Real>(row: &[T]) -> T {
+    cosine_scale(cosine_norm(row))
+}
+
 /// Writes `metric(q[i], db[j])` to `out[i * db.n + j]` for every pair, using up to
 /// `threads::num_threads()` threads (split by query rows).
 pub fn pairwise<T: Real>(metric: Metric, q: Rows<T>, db: Rows<T>, out: &mut [T]) {
@@ -254,6 +259,15 @@ impl<'a, T: Real> Scorer<'a, T> {
         }
         scale.resize(len, T::ZERO);
         true
+    }
+
+    /// The relative slack of scales bounded from sums of squares in `T` (`simd::ScaleBounds`),
+    /// and of scores made with them: the sums' bound (twice what an inverse square root
+    /// makes of it), with room for the roundings of the square root, the inverse and the
+    /// product on either side.
+    pub(crate) fn scale_slack(&self) -> T {
+        let u = T::EPSILON.to_f64() / 2.0;
+        T::from_f64(simd::approx_sum_slack::<T>(self.db.d) + 8.0 * u)
     }
 
     /// For cosine without known norms: all database norms, computed by up to `threads`

@@ -12,12 +12,15 @@
 //! result never depends on the split.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use super::pairwise::{cosine_scale, fill_norms, Rows, Scorer};
+use super::pairwise::{cosine_scale, exact_scale, fill_norms, Rows, Scorer};
 use super::scratch::Buf;
-use super::simd::{self, score_select, Candidates, NormsOnTheWay, PanelJob, RowJob, Select};
+use super::simd::{
+    self, score_select, Candidates, NormsOnTheWay, PanelJob, RowJob, ScaleBounds, Select,
+};
 use super::{threads, Metric, Real};
 
 /// The id written to places no candidate filled.
@@ -33,6 +36,11 @@ pub struct TopkOptions<'a, T> {
     /// Cosine without `db_norms`: receives the database norms the call computes on the way.
     /// Left untouched for the other metrics or when `db_norms` is given.
     pub norms_out: Option<&'a mut [T]>,
+    /// Cosine without `db_norms`: the call may leave `norms_out` unwritten where it needs the
+    /// exact norms of only a few rows (a few f32 queries on the row-streaming kernel, which
+    /// then bounds the scales from float32 sums: `simd::ScaleBounds`), provided every database
+    /// row is finite. `topk_with` says whether it wrote them.
+    pub lazy_norms: bool,
     /// Threads the call may use (1: all work on the calling thread).
     pub threads: usize,
 }
@@ -53,12 +61,13 @@ pub fn topk<T: Real>(
         exclude: Some(exclude),
         db_norms: None,
         norms_out: None,
+        lazy_norms: false,
         threads: threads::num_threads(),
     };
     topk_with(metric, q, db, k, options, scores, ids);
 }
 
-/// `topk` with every option.
+/// `topk` with every option. Returns whether it wrote `options.norms_out`.
 pub fn topk_with<T: Real>(
     metric: Metric,
     q: Rows<T>,
@@ -67,7 +76,7 @@ pub fn topk_with<T: Real>(
     options: TopkOptions<T>,
     scores: &mut [T],
     ids: &mut [i64],
-) {
+) -> bool {
     assert_eq!(q.d, db.d, "queries and database differ in width");
     if let Some(exclude) = options.exclude {
         assert_eq!(exclude.len(), q.n, "one exclude entry per query");
@@ -96,21 +105,43 @@ pub fn topk_with<T: Real>(
     };
     let threads = options.threads.max(1);
     if k == 0 || q.n == 0 {
-        if let Some(out) = norms_out {
-            fill_norms(db, out, threads);
-        }
-        return;
+        return match norms_out {
+            Some(out) => {
+                fill_norms(db, out, threads);
+                true
+            }
+            None => false,
+        };
     }
-    let problem = Problem {
+    let not_finite = AtomicBool::new(false);
+    let mut problem = Problem {
         scorer,
         exclude: options.exclude,
         k,
         max_group: usize::MAX,
+        bounds: None,
     };
+    let lazy = options.lazy_norms && norms_out.is_some() && problem.bounds_norms(threads);
+    let (norms_out, unwritten) = if lazy {
+        problem.bounds = Some(&not_finite);
+        (None, norms_out)
+    } else {
+        (norms_out, None)
+    };
+    let wrote = norms_out.is_some();
     if metric.higher_is_better() {
         problem.run::<true>(norms_out, threads, scores, ids);
     } else {
         problem.run::<false>(norms_out, threads, scores, ids);
+    }
+
+    match unwritten {
+        // The caller screens rows that are not finite by their norms, so it gets them all.
+        Some(out) if not_finite.load(Ordering::Relaxed) => {
+            fill_norms(db, out, threads);
+            true
+        }
+        _ => wrote,
     }
 }
 
@@ -130,9 +161,31 @@ struct Problem<'a, T> {
     k: usize,
     /// Most queries per scan (tests lower it to force several scans).
     max_group: usize,
+    /// Cosine without known norms: the row-streaming kernel bounds the scales rather than
+    /// computing every norm (`Scorer::db_scale_bounds`), and sets this flag when a database
+    /// row is not finite. None: norms computed.
+    bounds: Option<&'a AtomicBool>,
 }
 
 impl<T: Real> Problem<'_, T> {
+    /// Whether a call on `threads` threads would need the exact norms of only a few rows if
+    /// it bounded the scales: cosine on f32 (f64 sums cost no more than bounds) without known
+    /// norms, every scan on the plain row-streaming kernel (not the query split, which computes
+    /// all norms first; not the filters, which compute them as they read the rows).
+    fn bounds_norms(&self, threads: usize) -> bool {
+        let s = &self.scorer;
+        let nq = s.q.n;
+        let (w, _) = simd::rows_shape::<T>(s.isa);
+        let split_queries = threads > 1 && nq >= 2 * MIN_QUERIES_PER_THREAD;
+        T::BYTES == 4
+            && s.cosine()
+            && s.db_norms.is_none()
+            && !split_queries
+            && nq > simd::FILTER_QUERIES
+            && nq <= ROWS_PATH_PANELS * w
+            && !simd::Bf16Queries::applies::<T>(s.isa, s.kind(), s.q.d, nq)
+    }
+
     fn run<const HIGHER: bool>(
         &self,
         norms_out: Option<&mut [T]>,
@@ -270,7 +323,8 @@ impl<T: Real> Problem<'_, T> {
         let group = self.query_group(queries.len());
         let mut own = Buf::take();
         let mut norms: Option<&mut [T]> = None;
-        if self.scorer.metric == Metric::Cosine && self.scorer.db_norms.is_none() {
+        let unknown = self.scorer.metric == Metric::Cosine && self.scorer.db_norms.is_none();
+        if unknown && (self.bounds.is_none() || norms_out.is_some()) {
             norms = Some(match norms_out {
                 Some(out) => out,
                 None => {
@@ -356,7 +410,19 @@ impl<T: Real> Problem<'_, T> {
                 let filtered = nq <= simd::FILTER_QUERIES || filter.is_some();
                 let on_the_way = filtered && unknown_norms;
                 let out = norms_out.as_deref_mut().map(|n| &mut n[rows.clone()]);
-                let (scaled, norms) = if on_the_way {
+                let bounds = match self.bounds {
+                    Some(not_finite) if unknown_norms && !filtered && out.is_none() => {
+                        Some(ScaleBounds {
+                            slack: scorer.scale_slack(),
+                            exact: exact_scale::<T>,
+                            not_finite,
+                        })
+                    }
+                    _ => None,
+                };
+                let (scaled, norms) = if bounds.is_some() {
+                    (false, None)
+                } else if on_the_way {
                     let norms = out.unwrap_or_else(|| {
                         own_norms.resize(rows.len(), T::ZERO);
                         &mut own_norms[..rows.len()]
@@ -385,6 +451,7 @@ impl<T: Real> Problem<'_, T> {
                     scale: scaled.then_some(&scale[..]),
                     prefetch: scorer.db.slice(next).data,
                     bf16: filter,
+                    scale_bounds: bounds,
                 };
                 let mut candidates = Group {
                     selectors: &mut *selectors,
@@ -687,6 +754,7 @@ mod tests {
             exclude: Some(exclude),
             db_norms,
             norms_out: None,
+            lazy_norms: false,
             threads,
         };
         topk_with(
@@ -768,6 +836,7 @@ mod tests {
                 exclude: Some(&exclude),
                 k,
                 max_group: 8,
+                bounds: None,
             };
             assert!(problem.query_group(nq) < nq);
             let mut grouped = (vec![0.0f32; nq * k], vec![0i64; nq * k]);
@@ -890,6 +959,7 @@ mod tests {
                                 exclude: Some(&exclude[..nq]),
                                 k,
                                 max_group: 256,
+                                bounds: None,
                             };
                             let mut out: Out<T> = (vec![T::ZERO; nq * k], vec![0; nq * k]);
                             if metric.higher_is_better() {
@@ -914,6 +984,123 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A first cosine search of a few f32 queries may bound the database scales from float32
+    /// sums of squares (`Problem::bounds`, `simd::ScaleBounds`): the same bits as with the
+    /// exact norms given, on every ISA, for near ties (rows along one direction, whose scores
+    /// differ in the last bits), rows whose squares overflow or underflow float32, zero rows,
+    /// and rows that are not finite (which set the flag). With the slack set to zero the near
+    /// ties come out in another order.
+    #[test]
+    fn bounded_scales_give_the_exact_bits() {
+        let mut rng = Lcg::new(41);
+        for d in [1, 7, 100, 385] {
+            // Random rows, then rows along the ties' direction whose squares overflow or
+            // underflow float32, then the near ties (ending in a zero, an infinite, a NaN row).
+            let ties = near_ties::<f32>(&mut rng, 1500, d);
+            let direction = &ties[..d];
+            let mut db: Vec<f32> = random_matrix(&mut rng, 300, d);
+            for r in 0..40 {
+                let size = if r % 2 == 0 { 1e21 } else { 1e-24 } * (1.0 + r as f32 / 7.0);
+                db.extend(direction.iter().map(|&x| x * size));
+            }
+            db.extend(&ties);
+            let ndb = db.len() / d;
+            let mut q: Vec<f32> = random_matrix(&mut rng, 40, d);
+            q[..d].copy_from_slice(direction);
+            q[d..2 * d].copy_from_slice(&ties[300 * d..301 * d]);
+            let norms: Vec<f32> = (0..ndb)
+                .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
+                .collect();
+            let finite_ndb = ndb - 2;
+            assert!(norms[..finite_ndb].iter().all(|n| n.is_finite()));
+            for isa in simd::available() {
+                for k in [1, 5, 60] {
+                    for nq in [3, 5, 16, 40] {
+                        for rows in [ndb, finite_ndb] {
+                            let solve = |bounds: Option<&AtomicBool>, norms: Option<&[f32]>| {
+                                let mut scorer = Scorer::new(
+                                    Metric::Cosine,
+                                    Rows::new(&q[..nq * d], nq, d),
+                                    Rows::new(&db[..rows * d], rows, d),
+                                );
+                                scorer.isa = isa;
+                                scorer.db_norms = norms.map(|n| &n[..rows]);
+                                let problem = Problem {
+                                    scorer,
+                                    exclude: None,
+                                    k,
+                                    max_group: 256,
+                                    bounds,
+                                };
+                                let mut out: Out<f32> = (vec![0.0; nq * k], vec![0; nq * k]);
+                                problem.solve::<true>(0..nq, 0, None, &mut out.0, &mut out.1);
+                                bits(&out)
+                            };
+                            let not_finite = AtomicBool::new(false);
+                            let at = format!("{isa:?} d={d} k={k} nq={nq} rows={rows}");
+                            let want = solve(None, Some(&norms));
+                            assert_eq!(solve(Some(&not_finite), None), want, "{at}");
+                            // The row-streaming kernel bounds the rows the bfloat16 filter
+                            // leaves to it (all these); the packed panels (40 queries on 4
+                            // lanes) compute the norms.
+                            let (w, _) = simd::rows_shape::<f32>(isa);
+                            let bounded = nq <= ROWS_PATH_PANELS * w;
+                            assert_eq!(not_finite.into_inner(), bounded && rows == ndb, "{at}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `lazy_norms`: `topk_with` leaves the norms unwritten (and says so) only where it
+    /// bounded the scales and every row was finite; otherwise it writes `cosine_norm`'s bits.
+    #[test]
+    fn lazy_norms_are_written_when_a_row_is_not_finite() {
+        let mut rng = Lcg::new(43);
+        let (d, ndb) = (24, 5000);
+        let mut db: Vec<f32> = random_matrix(&mut rng, ndb, d);
+        let q: Vec<f32> = random_matrix(&mut rng, 16, d);
+        let norms: Vec<f32> = (0..ndb)
+            .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
+            .collect();
+        let lazy = |db: &[f32], nq: usize, threads: usize| {
+            let mut out_norms = vec![f32::NAN; ndb];
+            let mut out: Out<f32> = (vec![0.0; nq * 3], vec![0; nq * 3]);
+            let options = TopkOptions {
+                exclude: None,
+                db_norms: None,
+                norms_out: Some(&mut out_norms),
+                lazy_norms: true,
+                threads,
+            };
+            let (q, db) = (Rows::new(&q[..nq * d], nq, d), Rows::new(db, ndb, d));
+            let wrote = topk_with(Metric::Cosine, q, db, 3, options, &mut out.0, &mut out.1);
+            (wrote, out_norms)
+        };
+        for threads in [1, 2] {
+            let (wrote, out) = lazy(&db, 16, threads);
+            assert!(
+                !wrote && out.iter().all(|n| n.is_nan()),
+                "16 queries: bounded"
+            );
+            let (wrote, out) = lazy(&db, 1, threads);
+            assert!(
+                wrote && out == norms,
+                "1 query: the filter computes them on the way"
+            );
+        }
+        db[4321 * d + 5] = f32::INFINITY;
+        for threads in [1, 2] {
+            let (wrote, out) = lazy(&db, 16, threads);
+            assert!(
+                wrote && out[4321].is_infinite(),
+                "a row not finite: all norms"
+            );
+            assert_eq!(out[..4321], norms[..4321]);
         }
     }
 
@@ -943,6 +1130,7 @@ mod tests {
             exclude: None,
             db_norms: None,
             norms_out: Some(&mut norms),
+            lazy_norms: false,
             threads,
         };
         let (q, db) = (Rows::new(q, nq, d), Rows::new(db, ndb, d));

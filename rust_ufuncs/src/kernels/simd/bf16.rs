@@ -80,6 +80,13 @@ pub struct Bf16Queries {
 }
 
 impl Bf16Queries {
+    /// Whether `new` gives the filter for a scan of `queries` queries of `d` coordinates.
+    pub fn applies<T: Real>(isa: Isa, kind: Accumulator, d: usize, queries: usize) -> bool {
+        let f32_dots = kind == Accumulator::Dot && TypeId::of::<T>() == TypeId::of::<f32>();
+        let sized = queries >= BF16_QUERIES && (1..=BF16_MAX_FEATURES).contains(&d);
+        has_bf16(isa) && f32_dots && sized
+    }
+
     /// The filter's queries when it applies to a scan on `isa` of `queries` packed queries
     /// (`q`: panels of `LANES` lanes x `d` coordinates, `[panel][coordinate][lane]`), else
     /// `None`: the CPU lacks AVX512_BF16 or `isa` caps it off, the scores are not f32 dot
@@ -92,9 +99,7 @@ impl Bf16Queries {
         d: usize,
         queries: usize,
     ) -> Option<Self> {
-        let f32_dots = kind == Accumulator::Dot && TypeId::of::<T>() == TypeId::of::<f32>();
-        let sized = queries >= BF16_QUERIES && (1..=BF16_MAX_FEATURES).contains(&d);
-        if !(has_bf16(isa) && f32_dots && sized) {
+        if !Self::applies::<T>(isa, kind, d, queries) {
             return None;
         }
         let panels = queries.div_ceil(LANES);

@@ -24,6 +24,7 @@
 
 use std::any::TypeId;
 use std::array;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use super::Real;
@@ -448,6 +449,50 @@ pub fn sum_squares_rows<T: Real>(data: &[T], d: usize, out: &mut [f64]) {
     row_sums(detect(), data, d, RowSum::Squares, out);
 }
 
+/// `out[i]`: the sum of squares of row `i` of `data` (rows of `d` values) accumulated in `T`
+/// in `V`'s lanes, four vectors of partial sums per row (four chains of multiply-adds in
+/// flight): within `approx_sum_slack(d)` of the exact sum, for bounds (`ScaleBounds`). On f32
+/// it costs a fraction of `sum_squares_rows`, which converts every value to f64.
+///
+/// # Safety
+/// The CPU must support `V`'s ISA; `data.len() == out.len() * d`, `d > 0`.
+#[inline(always)]
+unsafe fn approx_sums<T: Real, V: Lanes<T>>(data: &[T], d: usize, out: &mut [T]) {
+    let w = V::W;
+    for (row, o) in data.chunks_exact(d).zip(out.iter_mut()) {
+        // SAFETY: forwarded; every load reads W values of the row.
+        unsafe {
+            let mut acc = [V::zero(); 4];
+            let mut quads = row.chunks_exact(4 * w);
+            for quad in &mut quads {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let x = V::load(&quad[j * w..]);
+                    *a = V::mul_add(x, x, *a);
+                }
+            }
+            let mut vectors = quads.remainder().chunks_exact(w);
+            for x in &mut vectors {
+                let x = V::load(x);
+                acc[0] = V::mul_add(x, x, acc[0]);
+            }
+            let tail = vectors
+                .remainder()
+                .iter()
+                .fold(T::ZERO, |s, &x| x.mul_add(x, s));
+            let sum = V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3]));
+            *o = sum.reduce_add() + tail;
+        }
+    }
+}
+
+/// A bound on the relative error of `approx_sums` for rows of `d` values whose sum is at
+/// least `T::MIN_POSITIVE.sqrt()` (smaller sums may have lost bits to underflow):
+/// `gamma(d + 1)`, which covers each square's rounding and every addition in any order.
+pub fn approx_sum_slack<T: Real>(d: usize) -> f64 {
+    let nu = (d + 1) as f64 * T::EPSILON.to_f64() / 2.0;
+    nu / (1.0 - nu)
+}
+
 /// Runs `f` compiled for the best ISA of this CPU: plain loops in `f` (inlined into the
 /// target-feature function) get that ISA's vectors. Only for code whose results do not depend
 /// on the instructions (no FMA contraction happens without `mul_add`).
@@ -825,6 +870,25 @@ pub struct RowJob<'a, T> {
     /// The queries in the bfloat16 filter's layout (`Bf16Queries::new`, given `isa` and `q`),
     /// when that filter is to screen the rows; the results are the same bits either way.
     pub bf16: Option<&'a Bf16Queries>,
+    /// Cosine with the database norms unknown and not wanted (`scale` is then `None`): the
+    /// kernel bounds each row's scale and computes the exact one only where it matters.
+    pub scale_bounds: Option<ScaleBounds<'a, T>>,
+}
+
+/// Cosine scales the row-streaming kernel bounds as it goes: each row's sum of squares in `T`
+/// (`approx_sums`, over each group of rows just before its first query panel, which then finds
+/// them in L1) gives its scale within a relative `slack`; a score made with it and widened by the slack must beat its
+/// query's bar before the row's `exact` scale is computed and its exact score offered. A first
+/// cosine search of a few queries so skips the exact norms (float64 sums, bound by the
+/// float32-to-float64 conversions) of the rows that cannot enter any top k: almost all.
+#[derive(Clone, Copy)]
+pub struct ScaleBounds<'a, T> {
+    pub slack: T,
+    /// The exact scale of a row (`pairwise::cosine_scale` of `pairwise::cosine_norm`): NaN
+    /// for a row that is not finite.
+    pub exact: fn(&[T]) -> T,
+    /// Set when a row is not finite.
+    pub not_finite: &'a AtomicBool,
 }
 
 /// Scores the first `queries` packed queries of `job` against all its rows into `candidates`
@@ -855,6 +919,16 @@ pub fn score_rows<T: Real, C: Candidates<T>>(
             "norms on the way: cosine"
         );
         assert_eq!(on_the_way.norms.len(), job.n, "one norm per database row");
+    }
+    if job.scale_bounds.is_some() {
+        assert!(
+            job.kind == Accumulator::Dot && job.scale.is_none(),
+            "scale bounds: cosine, no scales given"
+        );
+        assert!(
+            job.bf16.is_none() && norms.is_none() && (queries > FILTER_QUERIES || job.q_panels > 1),
+            "scale bounds: not a filter"
+        );
     }
     if job.bf16.is_some() {
         assert!(has_bf16(isa), "the bfloat16 filter needs AVX512_BF16");
@@ -942,6 +1016,9 @@ unsafe fn run_rows_with<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, c
             at: job.prefetch.as_ptr().wrapping_add(r0 * d),
             end: pf_end,
         };
+        // The group's scales: given, or bounded before its first panel (whose pass then
+        // finds the rows in L1).
+        let mut bounded = [T::ZERO; G];
         for p in 0..job.q_panels {
             let first = p * w;
             if first >= queries {
@@ -953,13 +1030,32 @@ unsafe fn run_rows_with<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, c
             unsafe {
                 if rows == G {
                     let rows = &job.db[r0 * d..(r0 + G) * d];
+                    let scale = match job.scale_bounds {
+                        Some(bounds) => {
+                            if p == 0 {
+                                bound_scales::<T, V>(rows, d, &bounds, &mut bounded);
+                            }
+                            Some(&bounded[..])
+                        }
+                        None => job.scale.map(|s| &s[r0..r0 + G]),
+                    };
                     let acc = micro_rows::<T, V, A, G>(q_panel, rows, d, pf);
-                    emit_rows::<T, V, A, C, G>(&job, candidates, queries, first, r0, acc);
+                    emit_rows::<T, V, A, C, G>(&job, candidates, queries, first, r0, acc, scale);
                 } else {
-                    for r in r0..r0 + rows {
+                    for (i, r) in (r0..r0 + rows).enumerate() {
                         let row = &job.db[r * d..(r + 1) * d];
                         let acc = micro_rows::<T, V, A, 1>(q_panel, row, d, Prefetch::NONE);
-                        emit_rows::<T, V, A, C, 1>(&job, candidates, queries, first, r, acc);
+                        let scale = match job.scale_bounds {
+                            Some(bounds) => {
+                                let at = &mut bounded[i..i + 1];
+                                if p == 0 {
+                                    bound_scales::<T, V>(row, d, &bounds, at);
+                                }
+                                Some(&*at)
+                            }
+                            None => job.scale.map(|s| &s[r..r + 1]),
+                        };
+                        emit_rows::<T, V, A, C, 1>(&job, candidates, queries, first, r, acc, scale);
                     }
                 }
             }
@@ -1031,7 +1127,8 @@ unsafe fn micro_rows<T: Real, V: Lanes<T>, A: Accumulate, const R: usize>(
 }
 
 /// Finishes the scores of database rows `r0..r0 + R` against the query panel starting at
-/// packed query `first`, and offers those that beat their query's bar.
+/// packed query `first` (times the rows' `scale`, when given), and offers those that beat
+/// their query's bar.
 ///
 /// # Safety
 /// As `run_rows`.
@@ -1043,6 +1140,7 @@ unsafe fn emit_rows<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, const
     first: usize,
     r0: usize,
     acc: [V; R],
+    scale: Option<&[T]>,
 ) {
     let valid = (queries - first).min(V::W);
     let valid_mask = if valid >= 64 {
@@ -1071,21 +1169,96 @@ unsafe fn emit_rows<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, const
             if A::SQRT {
                 s = V::sqrt(s);
             }
-            if let Some(scale) = job.scale {
-                s = V::mul(s, V::splat(scale[r0 + i]));
+            let unscaled = s;
+            if let Some(scale) = scale {
+                s = V::mul(s, V::splat(scale[i]));
             }
-            let pass = if C::HIGHER {
-                V::gt_mask(s, bar)
-            } else {
-                V::lt_mask(s, bar)
+            let mut mask = match job.scale_bounds {
+                Some(bounds) => beats::<T, V, C>(widen::<T, V, C>(s, bounds.slack), bar),
+                None => beats::<T, V, C>(s, bar),
             };
-            let mask = (pass | open) & valid_mask;
+            mask = (mask | open) & valid_mask;
             if mask != 0 {
+                if let Some(bounds) = job.scale_bounds {
+                    let row = &job.db[(r0 + i) * job.d..(r0 + i + 1) * job.d];
+                    s = V::mul(unscaled, V::splat((bounds.exact)(row)));
+                    mask = (beats::<T, V, C>(s, bar) | open) & valid_mask;
+                    if mask == 0 {
+                        continue;
+                    }
+                }
                 let mut buf = [T::ZERO; MAX_NR];
                 s.store(&mut buf);
                 candidates.offer_row(first, r0 + i, &buf[..V::W], mask);
                 (bar, open) = bars(candidates);
             }
+        }
+    }
+}
+
+/// The scales of the rows of `rows` (rows of `d` values) into `out`: within `bounds.slack` of
+/// the exact ones from sums of squares in `T`, exact where a sum may have lost bits to
+/// underflow (below `sqrt(MIN_POSITIVE)`) or bounds nothing (infinite or NaN).
+///
+/// # Safety
+/// The CPU must support `V`'s ISA; `rows.len() == out.len() * d`.
+#[inline(always)]
+unsafe fn bound_scales<T: Real, V: Lanes<T>>(
+    rows: &[T],
+    d: usize,
+    bounds: &ScaleBounds<T>,
+    out: &mut [T],
+) {
+    if d == 0 {
+        out.fill(T::ZERO); // zero vectors: cosine 0
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe { approx_sums::<T, V>(rows, d, out) };
+    let smallest = T::MIN_POSITIVE.sqrt();
+    for (row, s) in rows.chunks_exact(d).zip(out.iter_mut()) {
+        *s = if *s >= smallest && *s < T::INFINITY {
+            T::ONE / s.sqrt()
+        } else {
+            let exact = (bounds.exact)(row);
+            if exact.is_nan() {
+                bounds.not_finite.store(true, Ordering::Relaxed);
+            }
+            exact
+        };
+    }
+}
+
+/// The lanes of scores `s` better than their bars.
+///
+/// # Safety
+/// As `run_rows`.
+#[inline(always)]
+unsafe fn beats<T: Real, V: Lanes<T>, C: Candidates<T>>(s: V, bar: V) -> u64 {
+    unsafe {
+        if C::HIGHER {
+            V::gt_mask(s, bar)
+        } else {
+            V::lt_mask(s, bar)
+        }
+    }
+}
+
+/// Scores `s`, made with scales known within a relative `slack`, moved toward better by as much
+/// as the exact scales could move them (and by the smallest normal value, for products that
+/// lost bits to underflow): an exact score that beats a bar leaves its widened score beating
+/// it too.
+///
+/// # Safety
+/// As `run_rows`.
+#[inline(always)]
+unsafe fn widen<T: Real, V: Lanes<T>, C: Candidates<T>>(s: V, slack: T) -> V {
+    unsafe {
+        let by = V::mul_add(V::abs(s), V::splat(slack), V::splat(T::MIN_POSITIVE));
+        if C::HIGHER {
+            V::add(s, by)
+        } else {
+            V::sub(s, by)
         }
     }
 }
@@ -2438,6 +2611,7 @@ mod tests {
                         scale: sc.map(|s| &s[..n]),
                         prefetch: &db[..10],
                         bf16: None,
+                        scale_bounds: None,
                     };
                     score_rows(isa, job, &mut b, nq, None);
                     a.0.sort();
