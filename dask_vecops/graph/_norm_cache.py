@@ -4,9 +4,9 @@ Keys are (dask name of the database, first row, rows) of a chunk. Dask names are
 tokens of what an array holds and how it was made, so a key never meets other data. Each process
 (each ``distributed`` worker) has its own cache; a miss only costs recomputing the norms.
 
-The cache also remembers which keys missed (:meth:`NormCache.missed_before`): a chunk's first
-search may then leave the norms to the backend's discretion (the Rust kernel skips most of them
-for a few queries), and only a chunk searched again gets its norms computed and cached.
+With the cache off (``vecops.norm-cache: 0``) a search lets the backend skip the norms it does not
+need (the Rust kernel, for a few float32 queries, computes only those of the rows that could enter
+a top k).
 """
 
 from __future__ import annotations
@@ -20,12 +20,8 @@ import numpy as np
 class NormCache:
     """Least-recently-used cache of norm vectors, bounded by their total bytes."""
 
-    #: Most keys :meth:`missed_before` remembers (least recently missed forgotten first).
-    MISSED_KEYS = 16_384
-
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._missed: OrderedDict[tuple, None] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -55,22 +51,10 @@ class NormCache:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.nbytes
 
-    def missed_before(self, key: tuple) -> bool:
-        """Whether ``key`` missed before; remembers that it has now."""
-        with self._lock:
-            if key in self._missed:
-                self._missed.move_to_end(key)
-                return True
-            self._missed[key] = None
-            if len(self._missed) > self.MISSED_KEYS:
-                self._missed.popitem(last=False)
-            return False
-
     def clear(self) -> None:
-        """Forget every entry and every miss, and reset the counters."""
+        """Forget every entry and reset the counters."""
         with self._lock:
             self._entries.clear()
-            self._missed.clear()
             self._bytes = 0
             self.hits = self.misses = 0
 

@@ -160,11 +160,11 @@ def _topk_pair(
     norms = NORM_CACHE.get(key) if key else None
     seconds = 0.0
     if metric == "cosine" and norms is None:
-        # The norms the kernel computes tell whether every row is finite, sparing a pass. A
-        # chunk's first search lets the backend skip them (it then returns None, every row
-        # finite); one searched again gets them computed, to cache.
-        lazy = key is None or not NORM_CACHE.missed_before(key)
-        scores, ids, norms, seconds = search(db, db_rows, lazy_norms=lazy)
+        # The norms the kernel computes tell whether every row is finite, sparing a pass. With
+        # no cache to keep them, the backend may skip them (it then returns None, every row
+        # finite). Skipping them when caching would save a first search less than it costs
+        # the second, which would then compute them.
+        scores, ids, norms, seconds = search(db, db_rows, lazy_norms=key is None)
         if norms is None or bool(array_module(norms).isfinite(norms).all()):
             if key and norms is not None:
                 NORM_CACHE.put(key, norms, norm_cache_bytes)

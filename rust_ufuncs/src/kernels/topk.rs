@@ -149,6 +149,11 @@ pub fn topk_with<T: Real>(
 /// row-streaming kernel: it skips packing the database, which the packed-panel kernel only
 /// earns back over more queries (measured: equal at about 128-256 queries, d = 384).
 const ROWS_PATH_PANELS: usize = 8;
+/// Query panels up to which a first cosine search bounds the database scales rather than
+/// computing every norm (`Problem::bounds_norms`): a row that could enter a top k gets its
+/// exact norm once per panel it passes in, which ate the gain at 8 panels (measured:
+/// benchmarks/RESULTS.md, "A first search without the norms").
+const BOUNDS_PANELS: usize = 4;
 /// Queries per thread below which threads split the database rather than the queries.
 const MIN_QUERIES_PER_THREAD: usize = 64;
 /// Database rows per thread below which a call stays on one thread.
@@ -170,8 +175,9 @@ struct Problem<'a, T> {
 impl<T: Real> Problem<'_, T> {
     /// Whether a call on `threads` threads would need the exact norms of only a few rows if
     /// it bounded the scales: cosine on f32 (f64 sums cost no more than bounds) without known
-    /// norms, every scan on the plain row-streaming kernel (not the query split, which computes
-    /// all norms first; not the filters, which compute them as they read the rows).
+    /// norms, every scan on the plain row-streaming kernel with up to `BOUNDS_PANELS` query
+    /// panels (not the query split, which computes all norms first; not the filters, which
+    /// compute them as they read the rows).
     fn bounds_norms(&self, threads: usize) -> bool {
         let s = &self.scorer;
         let nq = s.q.n;
@@ -182,7 +188,7 @@ impl<T: Real> Problem<'_, T> {
             && s.db_norms.is_none()
             && !split_queries
             && nq > simd::FILTER_QUERIES
-            && nq <= ROWS_PATH_PANELS * w
+            && nq <= BOUNDS_PANELS * w
             && !simd::Bf16Queries::applies::<T>(s.isa, s.kind(), s.q.d, nq)
     }
 
@@ -1057,13 +1063,14 @@ mod tests {
     }
 
     /// `lazy_norms`: `topk_with` leaves the norms unwritten (and says so) only where it
-    /// bounded the scales and every row was finite; otherwise it writes `cosine_norm`'s bits.
+    /// bounded the scales (16 queries; not 1, nor 100) and every row was finite; otherwise it
+    /// writes `cosine_norm`'s bits.
     #[test]
     fn lazy_norms_are_written_when_a_row_is_not_finite() {
         let mut rng = Lcg::new(43);
         let (d, ndb) = (24, 5000);
         let mut db: Vec<f32> = random_matrix(&mut rng, ndb, d);
-        let q: Vec<f32> = random_matrix(&mut rng, 16, d);
+        let q: Vec<f32> = random_matrix(&mut rng, 100, d);
         let norms: Vec<f32> = (0..ndb)
             .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
             .collect();
@@ -1091,6 +1098,11 @@ mod tests {
             assert!(
                 wrote && out == norms,
                 "1 query: the filter computes them on the way"
+            );
+            let (wrote, out) = lazy(&db, 100, threads);
+            assert!(
+                wrote && out == norms,
+                "100 queries: past BOUNDS_PANELS (or bfloat16)"
             );
         }
         db[4321 * d + 5] = f32::INFINITY;
