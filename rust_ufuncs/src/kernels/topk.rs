@@ -167,7 +167,7 @@ struct Problem<'a, T> {
     /// Most queries per scan (tests lower it to force several scans).
     max_group: usize,
     /// Cosine without known norms: the row-streaming kernel bounds the scales rather than
-    /// computing every norm (`Scorer::db_scale_bounds`), and sets this flag when a database
+    /// computing every norm (`simd::ScaleBounds`), and sets this flag when a database
     /// row is not finite. None: norms computed.
     bounds: Option<&'a AtomicBool>,
 }
