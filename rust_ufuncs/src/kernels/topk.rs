@@ -1075,17 +1075,7 @@ mod tests {
             .map(|j| cosine_norm(&db[j * d..(j + 1) * d]))
             .collect();
         let lazy = |db: &[f32], nq: usize, threads: usize| {
-            let mut out_norms = vec![f32::NAN; ndb];
-            let mut out: Out<f32> = (vec![0.0; nq * 3], vec![0; nq * 3]);
-            let options = TopkOptions {
-                exclude: None,
-                db_norms: None,
-                norms_out: Some(&mut out_norms),
-                lazy_norms: true,
-                threads,
-            };
-            let (q, db) = (Rows::new(&q[..nq * d], nq, d), Rows::new(db, ndb, d));
-            let wrote = topk_with(Metric::Cosine, q, db, 3, options, &mut out.0, &mut out.1);
+            let (_, out_norms, wrote) = cosine_search(&q[..nq * d], db, d, 3, threads, true);
             (wrote, out_norms)
         };
         for threads in [1, 2] {
@@ -1135,6 +1125,20 @@ mod tests {
         k: usize,
         threads: usize,
     ) -> ((Vec<u64>, Vec<i64>), Vec<T>) {
+        let (found, norms, _) = cosine_search(q, db, d, k, threads, false);
+        (found, norms)
+    }
+
+    /// `cosine_with_norms` with the `lazy_norms` option, and whether the call wrote the norms
+    /// (left NaN where it did not).
+    fn cosine_search<T: Real>(
+        q: &[T],
+        db: &[T],
+        d: usize,
+        k: usize,
+        threads: usize,
+        lazy_norms: bool,
+    ) -> ((Vec<u64>, Vec<i64>), Vec<T>, bool) {
         let (nq, ndb) = (q.len() / d, db.len() / d);
         let mut norms = vec![T::NAN; ndb];
         let mut out: Out<T> = (vec![T::ZERO; nq * k], vec![0; nq * k]);
@@ -1142,12 +1146,12 @@ mod tests {
             exclude: None,
             db_norms: None,
             norms_out: Some(&mut norms),
-            lazy_norms: false,
+            lazy_norms,
             threads,
         };
         let (q, db) = (Rows::new(q, nq, d), Rows::new(db, ndb, d));
-        topk_with(Metric::Cosine, q, db, k, options, &mut out.0, &mut out.1);
-        (bits(&out), norms)
+        let wrote = topk_with(Metric::Cosine, q, db, k, options, &mut out.0, &mut out.1);
+        (bits(&out), norms, wrote)
     }
 
     /// Every way a scan computes the norms (a separate pass, either filter on the way, each
