@@ -154,10 +154,24 @@ const ROWS_PATH_PANELS: usize = 8;
 /// exact norm once per panel it passes in, which ate the gain at 8 panels (measured:
 /// benchmarks/RESULTS.md, "A first search without the norms").
 const BOUNDS_PANELS: usize = 4;
-/// Queries per thread below which threads split the database rather than the queries.
+/// Queries per thread below which threads never split the queries.
 const MIN_QUERIES_PER_THREAD: usize = 64;
-/// Database rows per thread below which a call stays on one thread.
+/// Database rows per thread below which threads never split the database.
 const MIN_ROWS_PER_THREAD: usize = 4096;
+/// Bytes of per-slice top-k lists (all queries x k, per thread) above which a database split
+/// gives way to a query split, which writes each query's list once.
+const PARTIALS_BUDGET: usize = 256 << 20;
+
+/// How a call's threads share its work (`Problem::split`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    /// Each thread takes a range of queries and scans the whole database for them.
+    Queries,
+    /// Each thread scans a slice of the database for all queries; the lists are merged.
+    Database,
+    /// One thread.
+    Serial,
+}
 
 #[derive(Clone, Copy)]
 struct Problem<'a, T> {
@@ -182,11 +196,10 @@ impl<T: Real> Problem<'_, T> {
         let s = &self.scorer;
         let nq = s.q.n;
         let (w, _) = simd::rows_shape::<T>(s.isa);
-        let split_queries = threads > 1 && nq >= 2 * MIN_QUERIES_PER_THREAD;
         T::BYTES == 4
             && s.cosine()
             && s.db_norms.is_none()
-            && !split_queries
+            && self.split(threads) != Split::Queries
             && nq > simd::FILTER_QUERIES
             && nq <= BOUNDS_PANELS * w
             && !simd::Bf16Queries::applies::<T>(s.isa, s.kind(), s.q.d, nq)
@@ -199,13 +212,47 @@ impl<T: Real> Problem<'_, T> {
         scores: &mut [T],
         ids: &mut [i64],
     ) {
-        let (nq, n) = (self.scorer.q.n, self.scorer.db.n);
-        if threads > 1 && nq >= 2 * MIN_QUERIES_PER_THREAD {
-            self.split_queries::<HIGHER>(norms_out, threads, scores, ids);
-        } else if threads > 1 && n >= 2 * MIN_ROWS_PER_THREAD {
-            self.split_database::<HIGHER>(norms_out, threads, scores, ids);
+        match self.split(threads) {
+            Split::Queries => self.split_queries::<HIGHER>(norms_out, threads, scores, ids),
+            Split::Database => self.split_database::<HIGHER>(norms_out, threads, scores, ids),
+            Split::Serial => {
+                self.solve::<HIGHER>(0..self.scorer.q.n, 0, norms_out, scores, ids);
+            }
+        }
+    }
+
+    /// How `threads` threads share this call. The database split reads every row once in
+    /// all, where the query split reads it once per thread (and, for cosine without the norms,
+    /// once more for them first), so it is the rule wherever the database is large enough to
+    /// share. The queries are split when the database is too small, when the per-slice lists
+    /// would take more than `PARTIALS_BUDGET`, and when the split gives each thread few enough
+    /// queries for the bfloat16 filter while all of them would take the packed-panel kernel
+    /// (129 to 256 f32 queries on two threads: 1.1-1.5x faster; benchmarks/RESULTS.md,
+    /// "Threads: which split").
+    fn split(&self, threads: usize) -> Split {
+        let (nq, n, d) = (self.scorer.q.n, self.scorer.db.n, self.scorer.q.d);
+        let queries = threads > 1 && nq >= 2 * MIN_QUERIES_PER_THREAD;
+        let database = threads > 1 && n >= 2 * MIN_ROWS_PER_THREAD;
+        if !(queries || database) {
+            return Split::Serial;
+        }
+        if !queries {
+            return Split::Database;
+        }
+        let parts = threads.min(n / MIN_ROWS_PER_THREAD);
+        let partials = nq * self.k * parts * (T::BYTES + std::mem::size_of::<i64>());
+        let (w, _) = simd::rows_shape::<T>(self.scorer.isa);
+        let rows_path = ROWS_PATH_PANELS * w;
+        let (mr, _) = self.scorer.shape();
+        let per_thread = nq.div_ceil(threads).div_ceil(mr) * mr; // as `split_queries` deals
+        let (isa, kind) = (self.scorer.isa, self.scorer.kind());
+        let filter_by_split = nq > rows_path
+            && per_thread <= rows_path
+            && simd::Bf16Queries::applies::<T>(isa, kind, d, per_thread);
+        if !database || partials > PARTIALS_BUDGET || filter_by_split {
+            Split::Queries
         } else {
-            self.solve::<HIGHER>(0..nq, 0, norms_out, scores, ids);
+            Split::Database
         }
     }
 
@@ -861,7 +908,15 @@ mod tests {
     fn thread_splits_and_given_norms_give_identical_results() {
         let d = 19;
         let mut rng = Lcg::new(8);
-        for &(nq, ndb) in &[(300, 2000), (3, 20_000), (17, 9000)] {
+        // A query split (the database too small to share), database splits (few queries; many),
+        // and, with AVX512_BF16, a query split that gives each thread the bfloat16 filter.
+        for &(nq, ndb) in &[
+            (300, 2000),
+            (3, 20_000),
+            (17, 9000),
+            (300, 9000),
+            (200, 9000),
+        ] {
             let q: Vec<f32> = random_matrix(&mut rng, nq, d);
             let mut db: Vec<f32> = random_matrix(&mut rng, ndb, d);
             db[..d].fill(f32::NAN);
@@ -885,6 +940,54 @@ mod tests {
                     assert_eq!(bits(&one), bits(&given), "{metric:?} given norms");
                 }
             }
+        }
+    }
+
+    /// `Problem::split`: the database split wherever the database can be shared, the query
+    /// split where it cannot, where the lists would be too large, and where it gives each
+    /// thread few enough queries for the bfloat16 filter.
+    #[test]
+    fn threads_split_the_database_unless_the_queries_are_better() {
+        let d = 8;
+        let q = vec![0.5f32; 3000 * d];
+        let db = vec![0.25f32; 20_000 * d];
+        let split =
+            |isa: simd::Isa, metric: Metric, nq: usize, ndb: usize, k: usize, threads: usize| {
+                let mut scorer = Scorer::new(
+                    metric,
+                    Rows::new(&q[..nq * d], nq, d),
+                    Rows::new(&db[..ndb * d], ndb, d),
+                );
+                scorer.isa = isa;
+                let problem = Problem {
+                    scorer,
+                    exclude: None,
+                    k,
+                    max_group: usize::MAX,
+                    bounds: None,
+                };
+                problem.split(threads)
+            };
+        use Metric::{Cosine, Euclidean};
+        let (bf16, plain) = (simd::Isa::Avx512Bf16, simd::Isa::Avx512);
+        assert_eq!(split(plain, Cosine, 1000, 20_000, 10, 1), Split::Serial);
+        assert_eq!(split(plain, Cosine, 3, 8000, 10, 2), Split::Serial);
+        assert_eq!(split(plain, Cosine, 3, 8192, 10, 2), Split::Database);
+        assert_eq!(split(plain, Cosine, 1000, 8192, 10, 2), Split::Database);
+        assert_eq!(split(plain, Cosine, 1000, 8000, 10, 2), Split::Queries);
+        assert_eq!(split(plain, Cosine, 200, 20_000, 10, 2), Split::Database);
+        // Lists of 3000 queries x k = 5000 x 2 slices x 12 bytes: 360 MB, past the budget.
+        assert_eq!(
+            split(plain, Euclidean, 3000, 20_000, 5000, 2),
+            Split::Queries
+        );
+        if simd::available().contains(&bf16) {
+            assert_eq!(split(bf16, Cosine, 128, 20_000, 10, 2), Split::Database);
+            assert_eq!(split(bf16, Cosine, 200, 20_000, 10, 2), Split::Queries);
+            assert_eq!(split(bf16, Cosine, 256, 20_000, 10, 2), Split::Queries);
+            assert_eq!(split(bf16, Cosine, 257, 20_000, 10, 2), Split::Database);
+            assert_eq!(split(bf16, Cosine, 384, 20_000, 10, 3), Split::Queries);
+            assert_eq!(split(bf16, Euclidean, 200, 20_000, 10, 2), Split::Database);
         }
     }
 
