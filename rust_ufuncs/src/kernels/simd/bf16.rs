@@ -281,6 +281,7 @@ mod x86 {
     /// Cache lines to pull toward L2 (the next block's rows), spread evenly over a group's
     /// work: a burst of prefetches fills the memory queues while the arithmetic after it
     /// leaves the memory idle.
+    #[derive(Clone, Copy)]
     struct Spread {
         at: *const u8,
         lines: usize,
@@ -708,7 +709,7 @@ mod x86 {
         src: *const f32,
         d: usize,
         out: *mut u32,
-        pf: &mut Spread,
+        pf_out: &mut Spread,
     ) -> [__m512; GROUP] {
         let n_pairs = d.div_ceil(2);
         // SAFETY: loads masked to the rows, stores and broadcasts inside `out`, query loads
@@ -717,23 +718,52 @@ mod x86 {
             for r in 0..GROUP {
                 convert_chunk(src.add(r * d), d, out.add(r * S), 0);
             }
+            // A copy the compiler keeps in registers (through the reference it stored it back
+            // every step).
+            let mut spread = *pf_out;
+            let pf = &mut spread;
             let mut acc = [_mm512_setzero_ps(); GROUP];
             let mut c = 0;
-            while c < d {
+            // Whole chunks with a next one to convert: every pair of the chunk is in the rows.
+            while c + 32 < d {
                 let next = c + 32;
+                let (at, mut row) = (out.add(c / 2), src.add(next));
                 for j in 0..16 {
                     pf.step();
-                    if next < d {
-                        convert_chunk(src.add(j * d), d, out.add(j * S), next);
+                    // The row's chunk after this one, from L2 toward L1 (past the row's end:
+                    // the next row's first values, needed soon too).
+                    _mm_prefetch::<_MM_HINT_T0>(row.add(32).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(row.add(48).cast());
+                    if next + 32 <= d {
+                        convert_whole(row, out.add(j * S + next / 2));
+                    } else {
+                        convert_chunk(row.sub(next), d, out.add(j * S), next);
                     }
-                    let pair = c / 2 + j;
-                    if pair < n_pairs {
-                        add_pair::<GROUP, S>(&mut acc, q, out, pair);
-                    }
+                    row = row.add(d);
+                    add_pair::<GROUP, S>(&mut acc, q.add(c / 2 * LANES), at, j);
                 }
                 c = next;
             }
+            for pair in c / 2..n_pairs {
+                pf.step();
+                add_pair::<GROUP, S>(&mut acc, q, out, pair);
+            }
+            *pf_out = spread;
             acc
+        }
+    }
+
+    /// 32 values at `src` as bfloat16 pairs to `out` (`convert_chunk` of a whole chunk).
+    ///
+    /// # Safety
+    /// As `rows`; `src` holds 32 values, `out` 16 u32.
+    #[inline(always)]
+    unsafe fn convert_whole(src: *const f32, out: *mut u32) {
+        // SAFETY: forwarded.
+        unsafe {
+            let (x0, x1) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+            _mm512_storeu_si512(out.cast(), pairs);
         }
     }
 
