@@ -11,7 +11,7 @@
 //! (each thread scans a slice for all queries) and the partial top-k lists are merged. The
 //! result never depends on the split.
 
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
@@ -154,6 +154,16 @@ const ROWS_PATH_PANELS: usize = 8;
 /// exact norm once per panel it passes in, which ate the gain at 8 panels (measured:
 /// benchmarks/RESULTS.md, "A first search without the norms").
 const BOUNDS_PANELS: usize = 4;
+/// Where more queries than the row-streaming kernel takes scan a database in groups of its
+/// size, for the bfloat16 filter (`Problem::filter_group`): at least this many rows, and
+/// `FILTER_GROUP_ROWS_PER_K` per unit of k (the larger k, the lower the bars and the more rows
+/// pass); k at most `FILTER_GROUP_MAX_K`; the coordinates within `FILTER_GROUP_FEATURES`
+/// (fewer: the packed panels are fast enough that rereading the database for each group costs
+/// more than the filter saves; more: the filter saves too little).
+const FILTER_GROUP_MIN_ROWS: usize = 100_000;
+const FILTER_GROUP_ROWS_PER_K: usize = 10_000;
+const FILTER_GROUP_MAX_K: usize = 32;
+const FILTER_GROUP_FEATURES: RangeInclusive<usize> = 128..=512;
 /// Queries per thread below which threads never split the queries.
 const MIN_QUERIES_PER_THREAD: usize = 64;
 /// Database rows per thread below which threads never split the database.
@@ -551,7 +561,8 @@ impl<T: Real> Problem<'_, T> {
     }
 
     /// Queries scanned together: each scan packs the database once, so the more the better,
-    /// up to about 64 MiB of selector keys.
+    /// up to about 64 MiB of selector keys; but groups the bfloat16 filter takes where it pays
+    /// (`filter_group`).
     fn query_group(&self, queries: usize) -> usize {
         const BUDGET: usize = 64 << 20;
         let (mr, _) = self.scorer.shape();
@@ -559,10 +570,35 @@ impl<T: Real> Problem<'_, T> {
         let bytes = cap * std::mem::size_of::<T::Key>();
         let group = (BUDGET / bytes.max(1)).max(mr) / mr * mr;
         group
+            .min(self.filter_group(queries).unwrap_or(usize::MAX))
             .min(queries.div_ceil(mr) * mr)
             .min(self.max_group)
             .max(mr)
     }
+
+    /// The row-streaming kernel's most queries (128 f32 on AVX-512), when more queries than
+    /// that would do better in groups of that size, each scanning the database through the
+    /// bfloat16 filter, than all together on the packed panels: a large database (the bars
+    /// then soon reject nearly every row), a small k and `FILTER_GROUP_FEATURES` coordinates.
+    /// Measured with 1,000 queries (benchmarks/RESULTS.md, "Many queries in groups for the
+    /// bfloat16 filter"): 1.1-1.4x faster from 100,000 rows at k = 10, but 0.93x at k = 100,
+    /// about 1.0x at d = 64 and d = 768.
+    fn filter_group(&self, queries: usize) -> Option<usize> {
+        let s = &self.scorer;
+        let (w, _) = simd::rows_shape::<T>(s.isa);
+        let group = ROWS_PATH_PANELS * w;
+        let pays = filter_group_pays(queries, group, self.k, s.q.d, s.db.n)
+            && simd::Bf16Queries::applies::<T>(s.isa, s.kind(), s.q.d, group);
+        pays.then_some(group)
+    }
+}
+
+/// Whether `queries` queries of `d` coordinates, top `k` of `n` rows, do better scanned in
+/// groups of `group` through the bfloat16 filter than together (`Problem::filter_group`, which
+/// also needs the filter to apply).
+fn filter_group_pays(queries: usize, group: usize, k: usize, d: usize, n: usize) -> bool {
+    let rows = FILTER_GROUP_MIN_ROWS.max(FILTER_GROUP_ROWS_PER_K * k);
+    queries > group && k <= FILTER_GROUP_MAX_K && FILTER_GROUP_FEATURES.contains(&d) && n >= rows
 }
 
 /// A (score, id) pair as a key whose integer order is the ranking: best first, then lower id.
@@ -988,6 +1024,93 @@ mod tests {
             assert_eq!(split(bf16, Cosine, 257, 20_000, 10, 2), Split::Database);
             assert_eq!(split(bf16, Cosine, 384, 20_000, 10, 3), Split::Queries);
             assert_eq!(split(bf16, Euclidean, 200, 20_000, 10, 2), Split::Database);
+        }
+    }
+
+    /// More queries than the row-streaming kernel takes scan a large database in groups of
+    /// 128 for the bfloat16 filter, only where it applies and pays (`filter_group`); the
+    /// groups give the bits of the packed panels.
+    #[test]
+    fn many_queries_on_a_large_database_scan_in_filter_groups_with_the_same_bits() {
+        let (d, ndb, nq) = (128, 100_000, 200);
+        let mut rng = Lcg::new(77);
+        let db: Vec<f32> = random_matrix(&mut rng, ndb, d);
+        let mut q: Vec<f32> = random_matrix(&mut rng, nq, d);
+        q[..d].copy_from_slice(&db[50_000 * d..50_001 * d]); // a query with an exact match
+        let problem_in = |d: usize, isa, metric, nq: usize, ndb: usize, k: usize| {
+            let mut scorer = Scorer::new(
+                metric,
+                Rows::new(&q[..nq * d], nq, d),
+                Rows::new(&db[..ndb * d], ndb, d),
+            );
+            scorer.isa = isa;
+            Problem {
+                scorer,
+                exclude: None,
+                k,
+                max_group: usize::MAX,
+                bounds: None,
+            }
+        };
+        let problem = |isa, metric, nq, ndb, k| problem_in(d, isa, metric, nq, ndb, k);
+        let (bf16, plain) = (simd::Isa::Avx512Bf16, simd::Isa::Avx512);
+        let group = |isa, metric, nq, ndb, k| problem(isa, metric, nq, ndb, k).query_group(nq);
+        assert_eq!(
+            group(plain, Metric::Cosine, nq, ndb, 10),
+            200,
+            "no filter: one scan"
+        );
+        if !simd::available().contains(&bf16) {
+            return;
+        }
+        assert_eq!(group(bf16, Metric::Cosine, nq, ndb, 10), 128);
+        assert_eq!(group(bf16, Metric::Dot, nq, ndb, 10), 128);
+        assert_eq!(
+            group(bf16, Metric::Cosine, 128, ndb, 10),
+            128,
+            "one scan anyway"
+        );
+        assert_eq!(
+            group(bf16, Metric::Cosine, nq, ndb - 1, 10),
+            200,
+            "too few rows"
+        );
+        assert_eq!(
+            group(bf16, Metric::Cosine, nq, ndb, 11),
+            200,
+            "k too large for the rows"
+        );
+        assert_eq!(
+            group(bf16, Metric::Euclidean, nq, ndb, 10),
+            200,
+            "no filter"
+        );
+        for (d, pays) in [
+            (64, false),
+            (127, false),
+            (128, true),
+            (512, true),
+            (513, false),
+        ] {
+            assert_eq!(filter_group_pays(200, 128, 10, d, 100_000), pays, "d={d}");
+        }
+        assert!(filter_group_pays(200, 128, 32, 384, 320_000));
+        assert!(!filter_group_pays(200, 128, 32, 384, 319_999));
+        assert!(!filter_group_pays(200, 128, 33, 384, 10_000_000));
+        for metric in [Metric::Cosine, Metric::Dot] {
+            for k in [1, 10] {
+                let found = |isa| {
+                    let p = problem(isa, metric, nq, ndb, k);
+                    let mut out: Out<f32> = (vec![0.0; nq * k], vec![0; nq * k]);
+                    p.solve::<true>(0..nq, 0, None, &mut out.0, &mut out.1);
+                    out
+                };
+                let (grouped, panels) = (found(bf16), found(plain));
+                assert_eq!(bits(&grouped), bits(&panels), "{metric:?} k={k}");
+                if metric == Metric::Cosine {
+                    assert_eq!(grouped.1[0], 50_000, "k={k}: the exact match");
+                }
+            }
         }
     }
 
