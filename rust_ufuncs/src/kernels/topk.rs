@@ -979,6 +979,30 @@ mod tests {
         }
     }
 
+    /// A problem of the f32 rows `q` and `db` (`d` coordinates) on `isa`, no exclusions.
+    fn problem_on<'a>(
+        isa: simd::Isa,
+        metric: Metric,
+        q: &'a [f32],
+        db: &'a [f32],
+        d: usize,
+        k: usize,
+    ) -> Problem<'a, f32> {
+        let mut scorer = Scorer::new(
+            metric,
+            Rows::new(q, q.len() / d, d),
+            Rows::new(db, db.len() / d, d),
+        );
+        scorer.isa = isa;
+        Problem {
+            scorer,
+            exclude: None,
+            k,
+            max_group: usize::MAX,
+            bounds: None,
+        }
+    }
+
     /// `Problem::split`: the database split wherever the database can be shared, the query
     /// split where it cannot, where the lists would be too large, and where it gives each
     /// thread few enough queries for the bfloat16 filter.
@@ -987,23 +1011,9 @@ mod tests {
         let d = 8;
         let q = vec![0.5f32; 3000 * d];
         let db = vec![0.25f32; 20_000 * d];
-        let split =
-            |isa: simd::Isa, metric: Metric, nq: usize, ndb: usize, k: usize, threads: usize| {
-                let mut scorer = Scorer::new(
-                    metric,
-                    Rows::new(&q[..nq * d], nq, d),
-                    Rows::new(&db[..ndb * d], ndb, d),
-                );
-                scorer.isa = isa;
-                let problem = Problem {
-                    scorer,
-                    exclude: None,
-                    k,
-                    max_group: usize::MAX,
-                    bounds: None,
-                };
-                problem.split(threads)
-            };
+        let split = |isa, metric, nq: usize, ndb: usize, k, threads| {
+            problem_on(isa, metric, &q[..nq * d], &db[..ndb * d], d, k).split(threads)
+        };
         use Metric::{Cosine, Euclidean};
         let (bf16, plain) = (simd::Isa::Avx512Bf16, simd::Isa::Avx512);
         assert_eq!(split(plain, Cosine, 1000, 20_000, 10, 1), Split::Serial);
@@ -1037,22 +1047,9 @@ mod tests {
         let db: Vec<f32> = random_matrix(&mut rng, ndb, d);
         let mut q: Vec<f32> = random_matrix(&mut rng, nq, d);
         q[..d].copy_from_slice(&db[50_000 * d..50_001 * d]); // a query with an exact match
-        let problem_in = |d: usize, isa, metric, nq: usize, ndb: usize, k: usize| {
-            let mut scorer = Scorer::new(
-                metric,
-                Rows::new(&q[..nq * d], nq, d),
-                Rows::new(&db[..ndb * d], ndb, d),
-            );
-            scorer.isa = isa;
-            Problem {
-                scorer,
-                exclude: None,
-                k,
-                max_group: usize::MAX,
-                bounds: None,
-            }
+        let problem = |isa, metric, nq: usize, ndb: usize, k| {
+            problem_on(isa, metric, &q[..nq * d], &db[..ndb * d], d, k)
         };
-        let problem = |isa, metric, nq, ndb, k| problem_in(d, isa, metric, nq, ndb, k);
         let (bf16, plain) = (simd::Isa::Avx512Bf16, simd::Isa::Avx512);
         let group = |isa, metric, nq, ndb, k| problem(isa, metric, nq, ndb, k).query_group(nq);
         assert_eq!(
