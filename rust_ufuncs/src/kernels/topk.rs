@@ -160,8 +160,8 @@ const BOUNDS_PANELS: usize = 4;
 /// pass); k at most `FILTER_GROUP_MAX_K`; the coordinates within `FILTER_GROUP_FEATURES`
 /// (fewer: the packed panels are fast enough that rereading the database for each group costs
 /// more than the filter saves; more: the filter saves too little).
-const FILTER_GROUP_MIN_ROWS: usize = 100_000;
-const FILTER_GROUP_ROWS_PER_K: usize = 10_000;
+const FILTER_GROUP_MIN_ROWS: usize = 65_536;
+const FILTER_GROUP_ROWS_PER_K: usize = 6_500;
 const FILTER_GROUP_MAX_K: usize = 32;
 const FILTER_GROUP_FEATURES: RangeInclusive<usize> = 128..=512;
 /// Queries per thread below which threads never split the queries.
@@ -581,8 +581,9 @@ impl<T: Real> Problem<'_, T> {
     /// bfloat16 filter, than all together on the packed panels: a large database (the bars
     /// then soon reject nearly every row), a small k and `FILTER_GROUP_FEATURES` coordinates.
     /// Measured with 1,000 queries (benchmarks/RESULTS.md, "Many queries in groups for the
-    /// bfloat16 filter"): 1.1-1.4x faster from 100,000 rows at k = 10, but 0.93x at k = 100,
-    /// about 1.0x at d = 64 and d = 768.
+    /// bfloat16 filter"): 1.1-1.4x faster from 65,536 rows at k = 10 (Dask's default chunks
+    /// of 128 MiB hold 87,381 rows of 384 f32), but 0.93x at k = 100, about 1.0x at d = 64
+    /// and d = 768.
     fn filter_group(&self, queries: usize) -> Option<usize> {
         let s = &self.scorer;
         let (w, _) = simd::rows_shape::<T>(s.isa);
@@ -1068,12 +1069,12 @@ mod tests {
             "one scan anyway"
         );
         assert_eq!(
-            group(bf16, Metric::Cosine, nq, ndb - 1, 10),
+            group(bf16, Metric::Cosine, nq, 65_535, 10),
             200,
             "too few rows"
         );
         assert_eq!(
-            group(bf16, Metric::Cosine, nq, ndb, 11),
+            group(bf16, Metric::Cosine, nq, ndb, 16),
             200,
             "k too large for the rows"
         );
@@ -1091,8 +1092,10 @@ mod tests {
         ] {
             assert_eq!(filter_group_pays(200, 128, 10, d, 100_000), pays, "d={d}");
         }
-        assert!(filter_group_pays(200, 128, 32, 384, 320_000));
-        assert!(!filter_group_pays(200, 128, 32, 384, 319_999));
+        assert!(filter_group_pays(200, 128, 10, 384, 65_536));
+        assert!(!filter_group_pays(200, 128, 10, 384, 65_535));
+        assert!(filter_group_pays(200, 128, 32, 384, 208_000));
+        assert!(!filter_group_pays(200, 128, 32, 384, 207_999));
         assert!(!filter_group_pays(200, 128, 33, 384, 10_000_000));
         for metric in [Metric::Cosine, Metric::Dot] {
             for k in [1, 10] {
