@@ -3,13 +3,14 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_bf16.py
 
 On a CPU with AVX512_BF16 the Rust top-k kernel screens the rows of a search of 17 to 128
-queries with bfloat16 dot products before the exact kernel (``avx512bf16``); capping the
-instruction set with ``DASK_VECOPS_ISA=avx512`` turns the filter off and nothing else. This
-script times ``topk_block`` (cosine, k=10 by default, 2 kernel threads) both ways in fresh processes that
-take turns, on the benchmark's clustered embeddings (``dask_vecops.datasets``: queries are
-database rows plus noise, so every query has close neighbours) or on Gaussian rows, and checks
-that both ways return the same bits. A first call computes the database norms; a repeat call is
-given them.
+queries (and of more, in groups of 128, on a large database with a small k: docs/design.md)
+with bfloat16 dot products before the exact kernel (``avx512bf16``); capping the instruction
+set with ``DASK_VECOPS_ISA=avx512`` turns the filter off, and with it the groups (more than 128
+queries then take the packed panels in one scan). This script times ``topk_block`` (cosine,
+k=10 by default, 2 kernel threads) both ways in fresh processes that take turns, on the
+benchmark's clustered embeddings (``dask_vecops.datasets``: queries are database rows plus
+noise, so every query has close neighbours) or on Gaussian rows, and checks that both ways
+return the same bits. A first call computes the database norms; a repeat call is given them.
 """
 
 import argparse

@@ -10,7 +10,8 @@ that take turns in one process, cosine searches with the database norms given (a
 - ``auto``: ``topk_block`` on ``--threads`` kernel threads, which picks the split itself;
 - ``queries``: the queries cut into ``--threads`` ranges, one ``topk_block`` call each (one
   kernel thread) on a thread pool;
-- ``database``: the database cut into ``--threads`` slices likewise, the lists merged in NumPy.
+- ``database``: the database cut into ``--threads`` slices likewise, the lists merged by the
+  backend's ``merge_topk`` (what Dask's merge tasks run).
 
 The last two do what each split does, from Python (each call releases the GIL), so ``auto`` should
 be about as fast as the better of them. All three must return the same bits; the script checks.
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from dask_vecops import _rust
+from dask_vecops.backends.rust_backend import merge_topk
 from dask_vecops.datasets import clustered_embeddings
 
 
@@ -86,13 +88,8 @@ def _split_database(pool, q, db, k, norms, threads):
     slices = list(zip(bounds[:-1], bounds[1:]))
     found = list(pool.map(
         lambda s: _rust.topk_block(q, db[s[0]:s[1]], k, "cosine", None, norms[s[0]:s[1]]), slices))
-    scores = np.concatenate([f[0] for f in found], axis=1)
-    ids = np.concatenate([np.where(f[1] >= 0, f[1] + s0, -1) for f, (s0, _) in zip(found, slices)],
-                         axis=1)
-    # Best score first, ties to the lower id, as the kernel ranks; no-ids (-1, NaN) last.
-    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids),
-                        np.where(np.isnan(scores), np.inf, -scores)), axis=1)[:, :k]
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    ids = [np.where(f[1] >= 0, f[1] + s0, -1) for f, (s0, _) in zip(found, slices)]
+    return merge_topk([f[0] for f in found], ids, k, "cosine")
 
 
 def _check_same(results):

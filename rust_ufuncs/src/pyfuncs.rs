@@ -271,7 +271,8 @@ pub fn get_num_threads() -> usize {
 /// The instruction set the kernels use (``avx512bf16``, ``avx512``, ``avx2`` or ``portable``):
 /// the best this CPU has, capped by the environment variable ``DASK_VECOPS_ISA`` when set.
 /// ``avx512bf16`` is AVX-512 plus a bfloat16 filter in front of the exact kernel for 17 to
-/// 128 queries, with the same bits as ``avx512``.
+/// 128 queries (more in groups of 128 on a large database with a small k), with the same bits
+/// as ``avx512``.
 ///
 /// >>> from dask_vecops import ufuncs
 /// >>> ufuncs.kernel_isa() in ("avx512bf16", "avx512", "avx2", "portable")

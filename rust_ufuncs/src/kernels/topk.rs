@@ -251,8 +251,7 @@ impl<T: Real> Problem<'_, T> {
         }
         let parts = threads.min(n / MIN_ROWS_PER_THREAD);
         let partials = nq * self.k * parts * (T::BYTES + std::mem::size_of::<i64>());
-        let (w, _) = simd::rows_shape::<T>(self.scorer.isa);
-        let rows_path = ROWS_PATH_PANELS * w;
+        let rows_path = self.rows_path_queries();
         let (mr, _) = self.scorer.shape();
         let per_thread = nq.div_ceil(threads).div_ceil(mr) * mr; // as `split_queries` deals
         let (isa, kind) = (self.scorer.isa, self.scorer.kind());
@@ -449,7 +448,7 @@ impl<T: Real> Problem<'_, T> {
         let exclude = self.exclude.map(|e| &e[g.clone()]);
         let mut q_packed = Buf::take_dirty();
         let mut scale = Buf::take();
-        let rows_path = nq <= ROWS_PATH_PANELS * w;
+        let rows_path = nq <= self.rows_path_queries();
         let block = if rows_path {
             scorer.row_block_rows()
         } else {
@@ -460,6 +459,7 @@ impl<T: Real> Problem<'_, T> {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
             let bf16 = simd::Bf16Queries::new(scorer.isa, scorer.kind(), &q_packed, d, nq);
             let unknown_norms = scorer.cosine() && scorer.db_norms.is_none();
+            let slack = scorer.scale_slack();
             let mut own_norms = Buf::take();
             for start in (0..n).step_by(block) {
                 let rows = start..(start + block).min(n);
@@ -476,7 +476,7 @@ impl<T: Real> Problem<'_, T> {
                 let bounds = match self.bounds {
                     Some(not_finite) if unknown_norms && !filtered && out.is_none() => {
                         Some(ScaleBounds {
-                            slack: scorer.scale_slack(),
+                            slack,
                             exact: exact_scale::<T>,
                             not_finite,
                         })
@@ -560,6 +560,11 @@ impl<T: Real> Problem<'_, T> {
         }
     }
 
+    /// Most queries the row-streaming kernel takes in one scan (`ROWS_PATH_PANELS` vectors).
+    fn rows_path_queries(&self) -> usize {
+        ROWS_PATH_PANELS * simd::rows_shape::<T>(self.scorer.isa).0
+    }
+
     /// Queries scanned together: each scan packs the database once, so the more the better,
     /// up to about 64 MiB of selector keys; but groups the bfloat16 filter takes where it pays
     /// (`filter_group`).
@@ -586,8 +591,7 @@ impl<T: Real> Problem<'_, T> {
     /// and d = 768.
     fn filter_group(&self, queries: usize) -> Option<usize> {
         let s = &self.scorer;
-        let (w, _) = simd::rows_shape::<T>(s.isa);
-        let group = ROWS_PATH_PANELS * w;
+        let group = self.rows_path_queries();
         let pays = filter_group_pays(queries, group, self.k, s.q.d, s.db.n)
             && simd::Bf16Queries::applies::<T>(s.isa, s.kind(), s.q.d, group);
         pays.then_some(group)

@@ -1019,6 +1019,15 @@ unsafe fn run_rows_with<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, c
         // The group's scales: given, or bounded before its first panel (whose pass then
         // finds the rows in L1).
         let mut bounded = [T::ZERO; G];
+        let scale = match job.scale_bounds {
+            Some(bounds) => {
+                let group = &job.db[r0 * d..(r0 + rows) * d];
+                // SAFETY: forwarded; `group` holds `rows * d` values.
+                unsafe { bound_scales::<T, V>(group, d, &bounds, &mut bounded[..rows]) };
+                Some(&bounded[..rows])
+            }
+            None => job.scale.map(|s| &s[r0..r0 + rows]),
+        };
         for p in 0..job.q_panels {
             let first = p * w;
             if first >= queries {
@@ -1030,31 +1039,13 @@ unsafe fn run_rows_with<T: Real, V: Lanes<T>, A: Accumulate, C: Candidates<T>, c
             unsafe {
                 if rows == G {
                     let rows = &job.db[r0 * d..(r0 + G) * d];
-                    let scale = match job.scale_bounds {
-                        Some(bounds) => {
-                            if p == 0 {
-                                bound_scales::<T, V>(rows, d, &bounds, &mut bounded);
-                            }
-                            Some(&bounded[..])
-                        }
-                        None => job.scale.map(|s| &s[r0..r0 + G]),
-                    };
                     let acc = micro_rows::<T, V, A, G>(q_panel, rows, d, pf);
                     emit_rows::<T, V, A, C, G>(&job, candidates, queries, first, r0, acc, scale);
                 } else {
                     for (i, r) in (r0..r0 + rows).enumerate() {
                         let row = &job.db[r * d..(r + 1) * d];
                         let acc = micro_rows::<T, V, A, 1>(q_panel, row, d, Prefetch::NONE);
-                        let scale = match job.scale_bounds {
-                            Some(bounds) => {
-                                let at = &mut bounded[i..i + 1];
-                                if p == 0 {
-                                    bound_scales::<T, V>(row, d, &bounds, at);
-                                }
-                                Some(&*at)
-                            }
-                            None => job.scale.map(|s| &s[r..r + 1]),
-                        };
+                        let scale = scale.map(|s| &s[i..i + 1]);
                         emit_rows::<T, V, A, C, 1>(&job, candidates, queries, first, r, acc, scale);
                     }
                 }
