@@ -9,18 +9,22 @@
 //! exact score, still cannot beat the query's bar. Every score offered is the exact kernel's,
 //! so the results have the same bits as without the filter.
 //!
-//! The bound, for a query `q` and a row `x` with terms `t_j = q_j x_j` (exact reals) and
-//! `M = sum |t_j| <= |q| |x|` (Cauchy-Schwarz):
-//! - rounding to bfloat16 (unit roundoff `u_b = 2^-8`) moves a product by at most
-//!   `(2 u_b + u_b^2) |t_j|`; an input flushed to zero (the instructions treat subnormals as
-//!   zero) moves it by less than `2^-126` times the other factor;
+//! The bound, for a query `q` and a row `x`, their bfloat16 roundings `b_q`, `b_x` (unit
+//! roundoff `u_b = 2^-8`; the instructions treat subnormals as zero, so a value below `2^-126`
+//! counts as rounded to zero) and the residuals `r_q = q - b_q`, `r_x = x - b_x`:
+//! - `q . x - b_q . b_x = r_q . x + b_q . r_x` exactly. Cauchy-Schwarz bounds the first term by
+//!   `|r_q| |x|`, with the query's residual computed once per scan (rounding errors spread
+//!   over half a unit make `|r_q|` about `0.4 u_b |q|`, where `u_b |q_j|` per coordinate would
+//!   allow `u_b |q|`); the second by `u_b |b_q| |x|`, plus `2^-126` per coordinate where the
+//!   row's value was flushed;
 //! - the products of two bfloat16 values are exact in f32, and their sum goes through at most
-//!   `2 * ceil(d / 2)` roundings per term (`gamma_f`), or flushes below `2^-126`;
-//! - the exact kernel's own sum is off the true one by at most `gamma_e M` (`BLOCK` order) plus
-//!   its underflow;
+//!   `2 * ceil(d / 2)` roundings per term (`gamma_f`, on `|b_q| |b_x| <= |b_q| (1 + u_b) |x|`),
+//!   or flushes below `2^-126`;
+//! - the exact kernel's own sum is off the true one by at most `gamma_e |q| |x|` (`BLOCK`
+//!   order) plus its underflow;
 //!
-//! so `|exact - filter| <= a |x| + c`, with `a = (2 u_b + u_b^2 + gamma_f (1 + u_b)^2 +
-//! gamma_e) |q| + sqrt(d) 2^-126` and `c` the absolute allowances (`Bf16Queries::new`). The
+//! so `|exact - filter| <= a |x| + c`, with `a = |r_q| + (u_b + gamma_f (1 + u_b)) |b_q| +
+//! gamma_e |q| + sqrt(d) 2^-126` and `c` the absolute allowances (`BoundTerms`). The
 //! comparison with the bar is evaluated with upward rounding, so the arithmetic of the test
 //! itself cannot lose a row. A score that is not finite (an input that overflowed bfloat16,
 //! NaN) never rejects a row.
@@ -122,16 +126,14 @@ impl Bf16Queries {
                 }
             }
         }
-        let (rel, per_size, fixed) = bound_terms(d);
+        let terms = BoundTerms::new(d);
         let mut a = vec![0.0f32; panels * LANES];
         let mut c = vec![0.0f32; panels * LANES];
         for p in 0..panels {
             for l in 0..LANES {
-                // |q|, rounded up (its f64 sum is far more accurate than the room below).
-                let squares: f64 = (0..d).map(|k| f64::from(value(p, k, l)).powi(2)).sum();
-                let q_norm = squares.sqrt() * (1.0 + 1e-12);
-                a[p * LANES + l] = round_up(rel * q_norm + per_size);
-                c[p * LANES + l] = round_up(per_size * q_norm + fixed);
+                let sizes = QuerySizes::new((0..d).map(|k| value(p, k, l)));
+                a[p * LANES + l] = round_up(terms.a(&sizes));
+                c[p * LANES + l] = round_up(terms.per_size * sizes.q + terms.fixed);
             }
         }
         Some(Bf16Queries {
@@ -176,21 +178,73 @@ impl Bf16Queries {
     }
 }
 
-/// The terms of the bound for `d` coordinates: `(rel, per_size, fixed)`, with
-/// `a = rel * |q| + per_size` and `c = per_size * |q| + fixed` (see the module's doc; each
-/// allowance doubled for room).
-fn bound_terms(d: usize) -> (f64, f64, f64) {
-    let gamma = |h: f64| h * U_F32 / (1.0 - h * U_F32).max(0.5);
-    // Each rounding counted twice over (an implementation that truncates is off by 2 u).
-    let filter_roundings = 4.0 * d.div_ceil(2) as f64 + 4.0;
-    let exact_roundings = 2.0 * BLOCK as f64 + d.div_ceil(BLOCK) as f64 + 4.0;
-    let (gamma_f, gamma_e) = (gamma(filter_roundings), gamma(exact_roundings));
-    let inputs = 2.0 * U_BF16 + U_BF16 * U_BF16;
-    let rel = (inputs + gamma_f * (1.0 + U_BF16).powi(2) + gamma_e) * (1.0 + 1.0 / 1024.0);
-    let per_size = 2.0 * (d as f64).sqrt() * FLUSH;
-    // Flushed products and partial sums (filter), and the exact kernel's underflow.
-    let fixed = 2.0 * (d as f64 + filter_roundings + 4.0 * (d as f64 + 1.0)) * FLUSH;
-    (rel, per_size, fixed)
+/// The terms of the bound for `d` coordinates (see the module's doc; each allowance doubled
+/// for room): `a = |r_q| + x_side |b_q| + exact |q| + per_size` and `c = per_size |q| + fixed`.
+struct BoundTerms {
+    /// Per unit of `|b_q| |x|`: the row's rounding to bfloat16 and the filter's sums.
+    x_side: f64,
+    /// Per unit of `|q| |x|`: the exact kernel's sums.
+    exact: f64,
+    /// Per unit of `|x|` (in `a`) or `|q|` (in `c`): an input flushed to zero.
+    per_size: f64,
+    /// Flushed products and partial sums (filter), and the exact kernel's underflow.
+    fixed: f64,
+}
+
+impl BoundTerms {
+    fn new(d: usize) -> Self {
+        let gamma = |h: f64| h * U_F32 / (1.0 - h * U_F32).max(0.5);
+        // Each rounding counted twice over (an implementation that truncates is off by 2 u).
+        let filter_roundings = 4.0 * d.div_ceil(2) as f64 + 4.0;
+        let exact_roundings = 2.0 * BLOCK as f64 + d.div_ceil(BLOCK) as f64 + 4.0;
+        let (gamma_f, gamma_e) = (gamma(filter_roundings), gamma(exact_roundings));
+        let room = 1.0 + 1.0 / 1024.0;
+        BoundTerms {
+            x_side: (U_BF16 + gamma_f * (1.0 + U_BF16)) * room,
+            exact: gamma_e * room,
+            per_size: 2.0 * (d as f64).sqrt() * FLUSH,
+            fixed: 2.0 * (d as f64 + filter_roundings + 4.0 * (d as f64 + 1.0)) * FLUSH,
+        }
+    }
+
+    /// `a` for a query of these sizes (before rounding up to f32).
+    fn a(&self, sizes: &QuerySizes) -> f64 {
+        sizes.residual + self.x_side * sizes.rounded + self.exact * sizes.q + self.per_size
+    }
+}
+
+/// A query's sizes, each rounded up (their f64 sums are far more accurate than the room
+/// below): `|q|`, `|b_q|` (the query as the filter's products see it: rounded to bfloat16,
+/// flushed to zero below `FLUSH`) and `|r_q| = |q - b_q|`.
+///
+/// `q . x - b_q . b_x = r_q . x + b_q . r_x` exactly, and Cauchy-Schwarz bounds the first
+/// term by `|r_q| |x|`, with the query's own rounding, where counting `u_b |q_j|` for every
+/// coordinate would allow about twice as much (rounding errors are spread over half a unit).
+struct QuerySizes {
+    q: f64,
+    rounded: f64,
+    residual: f64,
+}
+
+impl QuerySizes {
+    fn new(values: impl Iterator<Item = f32>) -> Self {
+        let (mut q, mut rounded, mut residual) = (0.0f64, 0.0f64, 0.0f64);
+        for v in values {
+            let b = f32::from_bits(u32::from(to_bf16(v)) << 16);
+            let b = if b.abs() < f32::MIN_POSITIVE { 0.0 } else { b };
+            // Exact: both are f32 values within a factor of two (or b is zero).
+            let r = f64::from(v) - f64::from(b);
+            q += f64::from(v).powi(2);
+            rounded += f64::from(b).powi(2);
+            residual += r * r;
+        }
+        let up = |sum: f64| sum.sqrt() * (1.0 + 1e-12);
+        QuerySizes {
+            q: up(q),
+            rounded: up(rounded),
+            residual: up(residual),
+        }
+    }
 }
 
 /// `x` rounded up to f32 (x >= 0; the margin covers the conversion's rounding to nearest).
@@ -637,38 +691,75 @@ mod x86 {
         }
     }
 
-    /// Blocks of one row's exact score run side by side.
+    /// Blocks of one row's exact score run side by side, at most.
     const CHAINS: usize = 8;
 
     /// The row-streaming kernel's scores of one row against a panel (`micro_rows` with one
     /// row: the same sums, so the same bits), with up to `CHAINS` blocks' sums interleaved:
     /// each block is a chain of `BLOCK` dependent multiply-adds, and one after another they
-    /// would leave the multipliers idle for most of their latency.
+    /// would leave the multipliers idle for most of their latency. The whole blocks go in
+    /// groups of a constant size (no test per step), the partial block last, as it comes.
     ///
     /// # Safety
     /// As `rows`; `q_panel` holds `LANES * d` values, `values` `d`.
     #[inline(always)]
     unsafe fn exact_row<T: Real, V: Lanes<T>>(q_panel: &[T], values: &[T], d: usize) -> V {
         assert!(q_panel.len() == V::W * d && values.len() == d);
-        let blocks = d.div_ceil(BLOCK);
-        // SAFETY: k < d, so the loads are inside the panel and the row.
+        let whole = d / BLOCK;
+        // SAFETY (this block): forwarded; every block read lies within `d`.
         unsafe {
             let mut total = V::zero();
-            for b0 in (0..blocks).step_by(CHAINS) {
-                let chains = CHAINS.min(blocks - b0);
-                let mut acc = [V::zero(); CHAINS];
-                for j in 0..BLOCK {
-                    for (i, a) in acc.iter_mut().enumerate().take(chains) {
-                        let k = (b0 + i) * BLOCK + j;
-                        if k < d {
-                            let q = V::load(q_panel.get_unchecked(k * V::W..));
-                            *a = V::mul_add(q, V::splat(*values.get_unchecked(k)), *a);
-                        }
-                    }
+            let mut b0 = 0;
+            while b0 + CHAINS <= whole {
+                total = blocks::<T, V, CHAINS>(q_panel, values, b0, total);
+                b0 += CHAINS;
+            }
+            total = match whole - b0 {
+                0 => total,
+                1 => blocks::<T, V, 1>(q_panel, values, b0, total),
+                2 => blocks::<T, V, 2>(q_panel, values, b0, total),
+                3 => blocks::<T, V, 3>(q_panel, values, b0, total),
+                4 => blocks::<T, V, 4>(q_panel, values, b0, total),
+                5 => blocks::<T, V, 5>(q_panel, values, b0, total),
+                6 => blocks::<T, V, 6>(q_panel, values, b0, total),
+                _ => blocks::<T, V, 7>(q_panel, values, b0, total),
+            };
+            let mut acc = V::zero();
+            for k in whole * BLOCK..d {
+                let q = V::load(q_panel.get_unchecked(k * V::W..));
+                acc = V::mul_add(q, V::splat(*values.get_unchecked(k)), acc);
+            }
+            if whole * BLOCK < d {
+                total = V::add(total, acc);
+            }
+            total
+        }
+    }
+
+    /// `total` plus the sums of the `C` whole blocks from block `b0`, each a chain of
+    /// multiply-adds, interleaved, added to `total` in order.
+    ///
+    /// # Safety
+    /// As `exact_row`; `(b0 + C) * BLOCK <= values.len()`.
+    #[inline(always)]
+    unsafe fn blocks<T: Real, V: Lanes<T>, const C: usize>(
+        q_panel: &[T],
+        values: &[T],
+        b0: usize,
+        mut total: V,
+    ) -> V {
+        // SAFETY: k < (b0 + C) * BLOCK <= d: inside the panel and the row.
+        unsafe {
+            let mut acc = [V::zero(); C];
+            for j in 0..BLOCK {
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let k = (b0 + i) * BLOCK + j;
+                    let q = V::load(q_panel.get_unchecked(k * V::W..));
+                    *a = V::mul_add(q, V::splat(*values.get_unchecked(k)), *a);
                 }
-                for &a in acc.iter().take(chains) {
-                    total = V::add(total, a);
-                }
+            }
+            for a in acc {
+                total = V::add(total, a);
             }
             total
         }
@@ -751,6 +842,38 @@ mod x86 {
             *pf_out = spread;
             acc
         }
+    }
+
+    /// The filter's scores, before any bound, of `rows` (`d` values each) against panel `p`
+    /// of `prep`: one `[f32; LANES]` per row.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f, avx512bf16, avx2 and fma; `prep` made for `d`.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    pub(super) unsafe fn filter_scores(
+        prep: &Bf16Queries,
+        p: usize,
+        rows: &[f32],
+        d: usize,
+    ) -> Vec<[f32; LANES]> {
+        assert!(p < prep.panels && prep.n_pairs == d.div_ceil(2));
+        let stride = row_stride(d);
+        let mut converted = vec![0u32; stride];
+        let mut pf = Spread::new(std::ptr::null(), 0, 1);
+        let q = prep.pairs[p * prep.n_pairs * LANES..].as_ptr();
+        let mut scores = Vec::new();
+        for row in rows.chunks_exact(d) {
+            // SAFETY: forwarded; `converted` holds a row at the stride, `q` a panel of pairs.
+            unsafe {
+                convert(row.as_ptr(), d, converted.as_mut_ptr(), &mut pf);
+                let [acc] = dots_any::<1>(q, converted.as_ptr(), prep.n_pairs, stride, &mut pf);
+                let mut out = [0.0f32; LANES];
+                _mm512_storeu_ps(out.as_mut_ptr(), acc);
+                scores.push(out);
+            }
+        }
+        scores
     }
 
     /// 32 values at `src` as bfloat16 pairs to `out` (`convert_chunk` of a whole chunk).
@@ -891,7 +1014,82 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::testutil::{random_matrix, Lcg};
     use super::*;
+
+    /// Values that round to bfloat16 toward zero by 0.49 of a unit in every coordinate, all
+    /// positive: the residuals of a query and a row then add up in every term, and the
+    /// filter's score falls short of the exact one by most of the bound.
+    fn rounding_down(rng: &mut Lcg, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let m = ((rng.next_f64() + 1.0) * 64.0).floor() as f32;
+                scale * (1.0 + (m + 0.49) / 128.0)
+            })
+            .collect()
+    }
+
+    /// The filter's scores (`x86::filter_scores`) stay within the module's bound,
+    /// `a |x| + c`, of the exact dot products (f64): random queries and rows at several
+    /// scales, values that flush to zero, and values that all round the same way, where the
+    /// error reaches most of the bound (so a bound a quarter too tight fails here, and one
+    /// with the room for the residuals zeroed fails everywhere).
+    #[test]
+    fn filter_scores_stay_within_the_bound() {
+        if !has_bf16(super::super::detect()) {
+            return;
+        }
+        let mut rng = Lcg::new(17);
+        for d in [7usize, 64, 384, 385] {
+            let mut worst_adversarial = 0.0f64;
+            for case in 0..4 {
+                let scale = [1.0f32, 1e-3, 3e4, 1e-39][case];
+                let mut queries: Vec<f32> = if case == 0 {
+                    rounding_down(&mut rng, 17 * d, 1.0)
+                } else {
+                    random_matrix::<f32>(&mut rng, 17, d)
+                        .iter()
+                        .map(|v| v * scale.max(1e-3))
+                        .collect()
+                };
+                let mut rows: Vec<f32> = rounding_down(&mut rng, 8 * d, 0.5);
+                rows.extend(random_matrix::<f32>(&mut rng, 8, d).iter().map(|v| v * scale));
+                if case == 3 {
+                    // Queries with flushed values too.
+                    queries[..d].iter_mut().for_each(|v| *v *= 1e-36);
+                }
+                // Packed as the scan packs them: [panel][coordinate][lane].
+                let mut packed = vec![0.0f32; 2 * LANES * d];
+                for i in 0..17 {
+                    for k in 0..d {
+                        packed[((i / LANES) * d + k) * LANES + i % LANES] = queries[i * d + k];
+                    }
+                }
+                let prep =
+                    Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &packed, d, 17).unwrap();
+                for p in 0..2 {
+                    // SAFETY: the CPU has AVX512_BF16 (checked above); `prep` is for `d`.
+                    let scores = unsafe { x86::filter_scores(&prep, p, &rows, d) };
+                    for (r, row) in rows.chunks_exact(d).enumerate() {
+                        let size = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+                        for l in 0..LANES.min(17 - p * LANES) {
+                            let q = &queries[(p * LANES + l) * d..][..d];
+                            let exact: f64 =
+                                q.iter().zip(row).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                            let i = p * LANES + l;
+                            let bound = f64::from(prep.a[i]) * size + f64::from(prep.c[i]);
+                            let error = (exact - f64::from(scores[r][l])).abs();
+                            assert!(error <= bound, "d={d} case={case} row={r} query={i}");
+                            if case == 0 && r < 8 {
+                                worst_adversarial = worst_adversarial.max(error / bound);
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(worst_adversarial > 0.7, "d={d}: {worst_adversarial}");
+        }
+    }
 
     #[test]
     fn bfloat16_rounding_is_to_nearest_even_with_overflow_and_nan() {
