@@ -11,6 +11,11 @@ k=10 by default, 2 kernel threads) both ways in fresh processes that take turns,
 benchmark's clustered embeddings (``dask_vecops.datasets``: queries are database rows plus
 noise, so every query has close neighbours) or on Gaussian rows, and checks that both ways
 return the same bits. A first call computes the database norms; a repeat call is given them.
+
+With ``--baseline DIR`` the two ways are instead two builds at this CPU's best instruction set:
+the ``dask_vecops`` package found in DIR (a copy of ``dask_vecops/`` with its ``_rust`` module
+built from another commit: ``git stash; make build; cp -r dask_vecops /tmp/base/; git stash
+pop; make build``) against this checkout's, for a change to the kernels measured on its own.
 """
 
 import argparse
@@ -27,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 WAYS = {"bf16": "avx512bf16", "plain": "avx512"}
+BUILDS = ("baseline", "this build")
 
 
 def main() -> None:
@@ -38,6 +44,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline", help="a directory holding another build's dask_vecops package")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -47,11 +54,12 @@ def main() -> None:
 
     if ufuncs.best_isa() != "avx512bf16":
         sys.exit(f"this CPU's best instruction set is {ufuncs.best_isa()}: no bfloat16 filter")
+    ways = list(BUILDS if args.baseline else WAYS)
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_data(Path(tmp), args)
-        runs = {way: [] for way in WAYS}
+        runs = {way: [] for way in ways}
         for r in range(args.rounds):
-            for way in (WAYS if r % 2 == 0 else list(WAYS)[::-1]):
+            for way in (ways if r % 2 == 0 else ways[::-1]):
                 runs[way].append(_in_fresh_process(way, data, args))
     _report(runs, args)
 
@@ -75,9 +83,13 @@ def _write_data(tmp: Path, args) -> Path:
 
 
 def _in_fresh_process(way: str, data: Path, args) -> dict:
-    env = {**os.environ, "DASK_VECOPS_ISA": WAYS[way], "DASK_VECOPS_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "DASK_VECOPS_NUM_THREADS": str(args.threads)}
+    if way in WAYS:
+        env["DASK_VECOPS_ISA"] = WAYS[way]
+    elif way == "baseline":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.baseline, env.get("PYTHONPATH")]))
     cmd = [sys.executable, __file__, "--child", str(data), way, "--queries", args.queries,
-           "--k", str(args.k)]
+           "--k", str(args.k)] + (["--baseline", args.baseline] if args.baseline else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -87,7 +99,11 @@ def _measure(data: Path, args) -> dict:
     from dask_vecops import _rust, ufuncs
 
     way = args.child[1]
-    assert ufuncs.kernel_isa() == WAYS[way], (ufuncs.kernel_isa(), way)
+    if way in WAYS:
+        assert ufuncs.kernel_isa() == WAYS[way], (ufuncs.kernel_isa(), way)
+    else:  # the build asked for, not this checkout's where the baseline was wanted
+        assert (way == "baseline") == str(Path(_rust.__file__)).startswith(
+            str(Path(args.baseline).resolve())), (_rust.__file__, way)
     db, q_all = np.load(data / "db.npy"), np.load(data / "q.npy")
     out = {}
     for nq in (int(x) for x in args.queries.split(",")):
@@ -108,20 +124,26 @@ def _measure(data: Path, args) -> dict:
 
 
 def _report(runs: dict, args) -> None:
+    old, new = list(runs)[::-1] if not args.baseline else list(runs)
     print(f"{args.rows:,} x {args.features} float32, {args.data}, cosine, k={args.k}, "
           f"{args.threads} kernel threads, {args.rounds} rounds (best of 3 calls per process)")
     print()
-    print("| queries | call | plain avx512 ms | bf16 filter ms | plain / bf16 (median of rounds) |")
+    print(f"| queries | call | {_label(old)} ms | {_label(new)} ms | "
+          f"{old} / {new} (median of rounds) |")
     print("|---|---|---|---|---|")
-    for nq in runs["bf16"][0]:
-        digests = {run[nq]["digest"] for way in WAYS for run in runs[way]}
+    for nq in runs[new][0]:
+        digests = {run[nq]["digest"] for way in runs for run in runs[way]}
         assert len(digests) == 1, f"{nq} queries: the two ways differ"
         for call in ("first", "repeat"):
-            plain = [run[nq][call] for run in runs["plain"]]
-            bf16 = [run[nq][call] for run in runs["bf16"]]
-            ratio = statistics.median(a / b for a, b in zip(plain, bf16))
-            print(f"| {nq} | {call} | {min(plain) * 1e3:.1f} | {min(bf16) * 1e3:.1f} | "
+            before = [run[nq][call] for run in runs[old]]
+            after = [run[nq][call] for run in runs[new]]
+            ratio = statistics.median(a / b for a, b in zip(before, after))
+            print(f"| {nq} | {call} | {min(before) * 1e3:.1f} | {min(after) * 1e3:.1f} | "
                   f"{ratio:.2f}x |")
+
+
+def _label(way: str) -> str:
+    return {"plain": "plain avx512", "bf16": "bf16 filter"}.get(way, way)
 
 
 if __name__ == "__main__":
