@@ -10,6 +10,8 @@ import pytest
 
 import dask_vecops as dv
 
+from dask_vecops._validate import finite_mask
+
 from . import OMIT_REMEDY, Chunking, match_all, raise_if_dask_computes, random_vectors
 
 # Where the array under test goes: each public function, each input position.
@@ -324,6 +326,22 @@ def test_cosine_topk_and_metrics_raise_too(backend, metric, rng):
         lambda: dv.cosine_topk(db[:3], 2, database=db, backend=backend),
         db,
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_finite_values_are_not_taken_for_non_finite(dtype, rng):
+    """A block whose sum of squares overflows (the quick check a task makes first) holds only
+    finite rows: the row by row check clears it. A bad row is still named by its global id,
+    also when the task's row ids are a range."""
+    x = random_vectors(rng, 30, 6, dtype)
+    x[7] *= np.sqrt(np.finfo(dtype).max)
+    assert np.isinf(np.einsum("ij,ij->", x, x)) and np.isfinite(x).all()
+    assert finite_mask(x, range(100, 130), "database", "raise") is None
+    x[9, 2] = np.nan
+    with pytest.raises(dv.NonFiniteError, match=match_all(109, "database", OMIT_REMEDY)):
+        finite_mask(x, range(100, 130), "database", "raise")
+    keep = finite_mask(x, range(100, 130), "database", "omit")
+    assert keep.tolist() == [i != 9 for i in range(30)]
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
