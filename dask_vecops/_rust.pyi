@@ -1,8 +1,9 @@
 """Type stub for ``dask_vecops._rust``, the compiled extension built from ``rust_ufuncs/``.
 
 Every name is a :class:`numpy.ufunc` with a float32 loop then a float64 loop (top-k index
-outputs are int64), except three plain functions: ``topk_block`` (the Python backend's
-top-k entry point) and ``set_num_threads`` / ``get_num_threads`` (see ``docs/threads.md``).
+outputs are int64), except the plain functions: ``topk_block`` and ``merge_topk`` (the Python
+backend's top-k and merge tasks), ``set_num_threads`` / ``get_num_threads`` (see
+``docs/threads.md``) and ``kernel_isa`` / ``best_isa``.
 See :mod:`dask_vecops.ufuncs` for the public handle and examples.
 """
 
@@ -37,6 +38,24 @@ def topk_block(
     from float32 sums, compute exact norms only for the rows that could enter a top k, and
     return None for the norms, when every ``db`` row is finite (else all the norms). Same bits.
     Runs without the GIL, on up to ``get_num_threads()`` threads.
+    """
+
+def merge_topk(
+    scores: list[np.ndarray[tuple[int, int], np.dtype[_F]]],
+    ids: list[np.ndarray[tuple[int, int], np.dtype[np.int64]]],
+    k: int,
+    higher: bool,
+) -> tuple[
+    np.ndarray[tuple[int, int], np.dtype[_F]],
+    np.ndarray[tuple[int, int], np.dtype[np.int64]],
+]:
+    """Best ``k`` of each row's candidates in several partial results: ``(scores, ids)``.
+
+    Parts: C-contiguous ``(m, width)`` scores of one dtype (float32 or float64) with int64 ids
+    of the same shape (TypeError / ValueError otherwise). ``higher``: larger scores are
+    better. The ranking of ``topk_block``; NaN scores and ids below zero are padding, never
+    chosen. A selection per row, linear in the candidates. Runs without the GIL, on up to
+    ``get_num_threads()`` threads for large merges.
     """
 
 def set_num_threads(n: int) -> None:

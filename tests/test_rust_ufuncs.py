@@ -914,3 +914,61 @@ def test_long_vectors_score_within_float64_by_less_than_one_long_sum_would():
         (200, 1536)).astype(np.float32)
 
     assert np.abs(u.cosine(q, x) - ref_pairwise(q, x, "cosine")).max() < 6e-7
+
+
+# ----------------------------------------------------------------------------------------------
+# The merge_topk pyfunction: the Rust backend's merge tasks
+# ----------------------------------------------------------------------------------------------
+
+
+def partial_results(rng, dtype, rows, widths):
+    """Partial top-k results with many tied scores, (NaN, -1) padding and ids beyond 32 bits,
+    disjoint across parts (as the pair tasks of one query batch give them)."""
+    scores, ids = [], []
+    for p, width in enumerate(widths):
+        s = (rng.integers(0, 6, (rows, width)) / 4).astype(dtype)
+        i = (p * 10**6 + np.arange(rows * width).reshape(rows, width)) << 30
+        padding = rng.random((rows, width)) < 0.15
+        s[padding], i[padding] = np.nan, -1
+        scores.append(s)
+        ids.append(i.astype(np.int64))
+    return scores, ids
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("k", [1, 4, 10, 60])
+def test_merge_topk_matches_the_numpy_merge(threads, dtype, metric, k):
+    from dask_vecops.backends import _select, rust_backend
+
+    rng = np.random.default_rng(k)
+    scores, ids = partial_results(rng, dtype, 23, [10, 3, 10, 7])
+    want = _select.merge_topk(scores, ids, k, metric)
+    for n in (1, 2):
+        _rust.set_num_threads(n)
+        got = rust_backend.merge_topk(scores, ids, k, metric)
+        assert got[0].dtype == dtype and got[1].dtype == np.int64
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_merge_topk_validates_its_arguments():
+    s, i = random((3, 4), np.float32), np.arange(12, dtype=np.int64).reshape(3, 4)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        _rust.merge_topk([s], [i], -1, True)
+    with pytest.raises(ValueError, match="same length"):
+        _rust.merge_topk([s, s], [i], 2, True)
+    with pytest.raises(ValueError, match="same length"):
+        _rust.merge_topk([], [], 2, True)
+    with pytest.raises(TypeError, match="one dtype"):
+        _rust.merge_topk([s, s.astype(np.float64)], [i, i], 2, True)
+    with pytest.raises(TypeError, match="int64"):
+        _rust.merge_topk([s], [i.astype(np.int32)], 2, True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _rust.merge_topk([i], [i], 2, True)
+    with pytest.raises(ValueError, match="same shape"):
+        _rust.merge_topk([s], [i[:, :3].copy()], 2, True)
+    with pytest.raises(ValueError, match="3 rows"):
+        _rust.merge_topk([s, s[:2].copy()], [i, i[:2].copy()], 2, True)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _rust.merge_topk([np.asfortranarray(s)], [i], 2, True)

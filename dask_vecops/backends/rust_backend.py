@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _rust
+from .._protocol import larger_is_better
 from . import _select
-
-merge_topk = _select.merge_topk
 
 _NORMALIZE = {"l2": _rust.normalize_l2, "l1": _rust.normalize_l1, "max": _rust.normalize_max}
 _PAIRWISE = {
@@ -40,6 +39,16 @@ def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
     if db_norms is not None:
         db_norms = _in_place(db_norms, db.dtype)
     return _rust.topk_block(q, db, k, metric, exclude, db_norms, lazy_norms)
+
+
+def merge_topk(scores: list, ids: list, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` of several partial results for the same queries (ids already global), by the
+    Rust merge: a selection per row, where the NumPy merge sorts every candidate."""
+    scores = [_in_place(s) for s in scores]
+    if len({s.dtype for s in scores}) != 1 or scores[0].dtype not in (np.float32, np.float64):
+        return _select.merge_topk(scores, ids, k, metric)
+    ids = [_in_place(i, np.int64) for i in ids]
+    return _rust.merge_topk(scores, ids, k, larger_is_better(metric))
 
 
 def _in_place(x: np.ndarray, dtype=None) -> np.ndarray:

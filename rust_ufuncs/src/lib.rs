@@ -147,6 +147,7 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ),
     )?;
     m.add_function(wrap_pyfunction!(pyfuncs::topk_block, m)?)?;
+    m.add_function(wrap_pyfunction!(pyfuncs::merge_topk, m)?)?;
     m.add_function(wrap_pyfunction!(pyfuncs::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(pyfuncs::get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(pyfuncs::kernel_isa, m)?)?;

@@ -9,9 +9,10 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use crate::kernels::merge::{merge_partials, Partial};
 use crate::kernels::pairwise::Rows;
-use crate::kernels::{simd, threads};
 use crate::kernels::topk::{topk_with, TopkOptions};
+use crate::kernels::{simd, threads};
 use crate::kernels::{Metric, Real};
 
 fn parse_metric(metric: &str) -> PyResult<Metric> {
@@ -245,6 +246,110 @@ fn run<'py, T: Real + Element>(
         _ => py.None().into_bound(py),
     };
     PyTuple::new(py, [scores.into_any(), ids.into_any(), third])
+}
+
+/// The best ``k`` of each row's candidates in several partial top-k results.
+///
+/// ``merge_topk(scores, ids, k, higher) -> (scores, ids)``
+///
+/// ``scores``: a list of C-contiguous, aligned float32 or float64 arrays (all one dtype), each
+/// ``(m, width)`` with any width; ``ids``: the matching int64 arrays. ``higher``: larger scores
+/// are better (similarities), else smaller (distances).
+///
+/// Returns ``scores`` (m, k) of the input dtype and ``ids`` (m, k) int64 in the ranking of
+/// ``topk_block``: best first, equal scores to the lower id, candidates with a NaN score or an
+/// id below zero (padding) never chosen, places no candidate fills padded with (NaN, -1).
+/// Runs without the GIL, on up to ``get_num_threads()`` threads for large merges.
+#[pyfunction]
+pub fn merge_topk<'py>(
+    scores: Vec<Bound<'py, PyAny>>,
+    ids: Vec<Bound<'py, PyAny>>,
+    k: i64,
+    higher: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    if k < 0 {
+        return Err(PyValueError::new_err(format!("k must be >= 0, got {k}")));
+    }
+    if scores.is_empty() || scores.len() != ids.len() {
+        return Err(PyValueError::new_err(format!(
+            "scores and ids must be non-empty lists of the same length, got {} and {}",
+            scores.len(),
+            ids.len()
+        )));
+    }
+    let first = array(&scores[0], "scores[0]", 2)?;
+    let (dtype, m) = (first.dtype(), first.shape()[0]);
+    for (p, (s, i)) in scores.iter().zip(&ids).enumerate() {
+        let (sa, ia) = (array(s, "scores", 2)?, array(i, "ids", 2)?);
+        if !sa.dtype().is_equiv_to(&dtype) {
+            return Err(PyTypeError::new_err(format!(
+                "scores must all have one dtype, got {dtype} and {} (part {p})",
+                sa.dtype()
+            )));
+        }
+        if !dtype_is::<i64>(ia) {
+            return Err(PyTypeError::new_err(format!(
+                "ids must be int64 arrays, got dtype {} (part {p})",
+                ia.dtype()
+            )));
+        }
+        if sa.shape() != ia.shape() || sa.shape()[0] != m {
+            return Err(PyValueError::new_err(format!(
+                "part {p}: scores {:?} and ids {:?} must have the same shape, with {m} rows",
+                sa.shape(),
+                ia.shape()
+            )));
+        }
+    }
+    if dtype_is::<f32>(first) {
+        merge::<f32>(&scores, &ids, m, k as usize, higher)
+    } else if dtype_is::<f64>(first) {
+        merge::<f64>(&scores, &ids, m, k as usize, higher)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "scores must be float32 or float64 arrays, got dtype {dtype}"
+        )))
+    }
+}
+
+fn merge<'py, T: Real + Element>(
+    scores: &[Bound<'py, PyAny>],
+    ids: &[Bound<'py, PyAny>],
+    m: usize,
+    k: usize,
+    higher: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let py = scores[0].py();
+    let (mut s_in, mut i_in) = (Vec::new(), Vec::new());
+    for (s, i) in scores.iter().zip(ids) {
+        s_in.push(s.cast::<PyArray2<T>>()?.clone());
+        i_in.push(i.cast::<PyArray2<i64>>()?.clone());
+    }
+    let s_ro = s_in
+        .iter()
+        .map(|a| a.try_readonly())
+        .collect::<Result<Vec<_>, _>>()?;
+    let i_ro = i_in
+        .iter()
+        .map(|a| a.try_readonly())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut parts = Vec::with_capacity(s_ro.len());
+    for (s, i) in s_ro.iter().zip(&i_ro) {
+        parts.push(Partial {
+            scores: s.as_slice()?,
+            ids: i.as_slice()?,
+            width: s.shape()[1],
+        });
+    }
+    let out_s = PyArray2::<T>::zeros(py, [m, k], false);
+    let out_i = PyArray2::<i64>::zeros(py, [m, k], false);
+    {
+        let (mut s_rw, mut i_rw) = (out_s.try_readwrite()?, out_i.try_readwrite()?);
+        let (s, i) = (s_rw.as_slice_mut()?, i_rw.as_slice_mut()?);
+        let threads = threads::num_threads();
+        py.detach(|| merge_partials(&parts, m, k, higher, threads, s, i));
+    }
+    PyTuple::new(py, [out_s.into_any(), out_i.into_any()])
 }
 
 /// Sets how many threads each kernel call may use (``n >= 1``; default from the environment

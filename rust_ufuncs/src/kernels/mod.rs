@@ -8,6 +8,7 @@
 //! `threads`: the one capped rayon pool. `scratch`: per-thread buffers reused across calls.
 
 pub mod elementwise;
+pub mod merge;
 pub mod normalize;
 pub mod pairwise;
 pub mod scratch;

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
+use super::merge::{merge_partials, Partial};
 use super::pairwise::{cosine_scale, exact_scale, fill_norms, Rows, Scorer};
 use super::scratch::Buf;
 use super::simd::{
@@ -348,26 +349,15 @@ impl<T: Real> Problem<'_, T> {
                 })
                 .collect()
         });
-        let mut keys = Vec::with_capacity(partial.len() * k);
-        for q in 0..nq {
-            keys.clear();
-            for (s, i) in &partial {
-                let at = q * k..(q + 1) * k;
-                keys.extend(
-                    s[at.clone()]
-                        .iter()
-                        .zip(&i[at])
-                        .filter(|&(_, &id)| id != NO_ID)
-                        .map(|(&s, &id)| key::<T, HIGHER>(s, id)),
-                );
-            }
-            keys.sort_unstable();
-            write_keys::<T, HIGHER>(
-                &keys,
-                &mut scores[q * k..(q + 1) * k],
-                &mut ids[q * k..(q + 1) * k],
-            );
-        }
+        let parts: Vec<Partial<T>> = partial
+            .iter()
+            .map(|(s, i)| Partial {
+                scores: s,
+                ids: i,
+                width: k,
+            })
+            .collect();
+        merge_partials(&parts, nq, k, HIGHER, threads, scores, ids);
     }
 
     /// Top-k of queries `queries` over this problem's database, whose row 0 has id `base`,

@@ -1053,7 +1053,11 @@ mod tests {
                         .collect()
                 };
                 let mut rows: Vec<f32> = rounding_down(&mut rng, 8 * d, 0.5);
-                rows.extend(random_matrix::<f32>(&mut rng, 8, d).iter().map(|v| v * scale));
+                rows.extend(
+                    random_matrix::<f32>(&mut rng, 8, d)
+                        .iter()
+                        .map(|v| v * scale),
+                );
                 if case == 3 {
                     // Queries with flushed values too.
                     queries[..d].iter_mut().for_each(|v| *v *= 1e-36);
@@ -1071,11 +1075,18 @@ mod tests {
                     // SAFETY: the CPU has AVX512_BF16 (checked above); `prep` is for `d`.
                     let scores = unsafe { x86::filter_scores(&prep, p, &rows, d) };
                     for (r, row) in rows.chunks_exact(d).enumerate() {
-                        let size = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+                        let size = row
+                            .iter()
+                            .map(|&v| f64::from(v).powi(2))
+                            .sum::<f64>()
+                            .sqrt();
                         for l in 0..LANES.min(17 - p * LANES) {
                             let q = &queries[(p * LANES + l) * d..][..d];
-                            let exact: f64 =
-                                q.iter().zip(row).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                            let exact: f64 = q
+                                .iter()
+                                .zip(row)
+                                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                                .sum();
                             let i = p * LANES + l;
                             let bound = f64::from(prep.a[i]) * size + f64::from(prep.c[i]);
                             let error = (exact - f64::from(scores[r][l])).abs();
