@@ -160,11 +160,11 @@ const BOUNDS_PANELS: usize = 4;
 /// `FILTER_GROUP_ROWS_PER_K` per unit of k (the larger k, the lower the bars and the more rows
 /// pass); k at most `FILTER_GROUP_MAX_K`; the coordinates within `FILTER_GROUP_FEATURES`
 /// (fewer: the packed panels are fast enough that rereading the database for each group costs
-/// more than the filter saves; more: the filter saves too little).
+/// more than the filter saves; the filter's own limit above).
 const FILTER_GROUP_MIN_ROWS: usize = 65_536;
 const FILTER_GROUP_ROWS_PER_K: usize = 6_500;
 const FILTER_GROUP_MAX_K: usize = 32;
-const FILTER_GROUP_FEATURES: RangeInclusive<usize> = 128..=512;
+const FILTER_GROUP_FEATURES: RangeInclusive<usize> = 128..=simd::BF16_MAX_FEATURES;
 /// Queries per thread below which threads never split the queries.
 const MIN_QUERIES_PER_THREAD: usize = 64;
 /// Database rows per thread below which threads never split the database.
@@ -1082,7 +1082,8 @@ mod tests {
             (127, false),
             (128, true),
             (512, true),
-            (513, false),
+            (768, true),
+            (769, false),
         ] {
             assert_eq!(filter_group_pays(200, 128, 10, d, 100_000), pays, "d={d}");
         }
