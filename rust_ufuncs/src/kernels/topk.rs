@@ -576,9 +576,9 @@ impl<T: Real> Problem<'_, T> {
     /// bfloat16 filter, than all together on the packed panels: a large database (the bars
     /// then soon reject nearly every row), a small k and `FILTER_GROUP_FEATURES` coordinates.
     /// Measured with 1,000 queries (benchmarks/RESULTS.md, "Many queries in groups for the
-    /// bfloat16 filter"): 1.1-1.4x faster from 65,536 rows at k = 10 (Dask's default chunks
-    /// of 128 MiB hold 87,381 rows of 384 f32), but 0.93x at k = 100, about 1.0x at d = 64
-    /// and d = 768.
+    /// bfloat16 filter", and "Filter groups up to 768 dimensions"): 1.1-1.4x faster from
+    /// 65,536 rows at k = 10 (Dask's default chunks of 128 MiB hold 87,381 rows of 384 f32),
+    /// 1.0-1.13x at d = 768, but 0.85-0.93x at k = 64 and 100, about 1.0x at d = 64.
     fn filter_group(&self, queries: usize) -> Option<usize> {
         let s = &self.scorer;
         let group = self.rows_path_queries();
