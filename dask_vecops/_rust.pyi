@@ -21,6 +21,7 @@ def topk_block(
     exclude: np.ndarray[tuple[int], np.dtype[np.int64]] | None = None,
     db_norms: np.ndarray[tuple[int], np.dtype[_F]] | None = None,
     lazy_norms: bool = False,
+    bars: np.ndarray[tuple[int], np.dtype[_F]] | None = None,
 ) -> tuple[
     np.ndarray[tuple[int, int], np.dtype[_F]],
     np.ndarray[tuple[int, int], np.dtype[np.int64]],
@@ -37,6 +38,9 @@ def topk_block(
     ``lazy_norms=True`` (cosine without ``db_norms``): a few float32 queries bound the scales
     from float32 sums, compute exact norms only for the rows that could enter a top k, and
     return None for the norms, when every ``db`` row is finite (else all the norms). Same bits.
+    ``bars``: per query a score at least ``k`` rows of the whole database reach (NaN: none);
+    rows scoring worse are left out from the start (fewer than ``k`` may come back, padded),
+    rows scoring as well are kept. Same bits for the rows returned.
     Runs without the GIL, on up to ``get_num_threads()`` threads.
     """
 

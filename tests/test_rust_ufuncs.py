@@ -662,6 +662,24 @@ def test_topk_block_wrong_norms_change_the_result():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
+@pytest.mark.parametrize("queries", [2, 40, 300])
+def test_topk_block_bars_cut_the_result_to_the_rows_that_reach_them(dtype, metric, queries):
+    """A bar per query (here one of its own top-k scores, or NaN for none) keeps exactly the
+    rows scoring at least as well, with the same bits, and pads the rest."""
+    q, db = random((queries, 24), dtype), random((6000, 24), dtype, seed=1)
+    k = 12
+    scores, ids, _ = _rust.topk_block(q, db, k, metric)
+    place = np.arange(queries) * 5 % k
+    bars = scores[np.arange(queries), place].copy()
+    bars[::7] = np.nan
+    cut_scores, cut_ids, _ = _rust.topk_block(q, db, k, metric, bars=bars)
+    kept = (np.arange(k) <= place[:, None]) | np.isnan(bars)[:, None]
+    np.testing.assert_array_equal(cut_ids, np.where(kept, ids, -1))
+    np.testing.assert_array_equal(cut_scores, np.where(kept, scores, np.nan))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", list(u.TOPK_UFUNCS))
 def test_topk_block_nan_rows(dtype, metric):
     q, db = random((4, 6), dtype), random((50, 6), dtype, seed=1)
     db[[3, 17]] = np.nan
@@ -770,8 +788,14 @@ def test_topk_block_validates_its_arguments():
         _rust.topk_block(q, db, 2, "cosine", db_norms=np.ones(9))
     with pytest.raises(ValueError, match="one entry per db row"):
         _rust.topk_block(q, db, 2, "cosine", db_norms=np.ones(8, np.float32))
-    # None means "not given" for both optional arguments.
-    _rust.topk_block(q, db, 2, "cosine", None, None)
+    with pytest.raises(TypeError, match="bars must have the dtype of q"):
+        _rust.topk_block(q, db, 2, "dot", bars=np.zeros(len(q)))
+    with pytest.raises(ValueError, match="bars must have one entry per query"):
+        _rust.topk_block(q, db, 2, "dot", bars=np.zeros(len(q) + 1, np.float32))
+    with pytest.raises(ValueError, match="dimension"):
+        _rust.topk_block(q, db, 2, "dot", bars=np.zeros((len(q), 1), np.float32))
+    # None means "not given" for every optional argument.
+    _rust.topk_block(q, db, 2, "cosine", None, None, False, None)
 
 
 def test_topk_block_runs_concurrently_without_the_gil():

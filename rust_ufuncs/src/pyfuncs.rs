@@ -66,7 +66,7 @@ fn dtype_is<T: Element>(a: &Bound<'_, PyUntypedArray>) -> bool {
 
 /// Exact top-``k`` rows of ``db`` for each row of ``q``, with the database norms for cosine.
 ///
-/// ``topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False)
+/// ``topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False, bars=None)
 /// -> (scores, ids, db_norms)``
 ///
 /// ``q`` (m, d) and ``db`` (n, d): C-contiguous, aligned float32 or float64 arrays of the same
@@ -87,9 +87,15 @@ fn dtype_is<T: Element>(a: &Bound<'_, PyUntypedArray>) -> bool {
 /// then returns None for them, but only when every ``db`` row is finite; the results are the
 /// same bits either way.
 ///
+/// ``bars``: None or an array (m,) of the input dtype: per query a score that at least ``k``
+/// rows of the whole database (of which ``db`` is a part) are known to reach, or NaN for none.
+/// Rows scoring worse are left out from the start, so a query may get fewer than ``k`` rows
+/// (padded); rows scoring exactly as well are kept. The scores that are returned are the same
+/// bits either way.
+///
 /// Runs without the GIL, on up to ``get_num_threads()`` threads.
 #[pyfunction]
-#[pyo3(signature = (q, db, k, metric, exclude=None, db_norms=None, lazy_norms=false))]
+#[pyo3(signature = (q, db, k, metric, exclude=None, db_norms=None, lazy_norms=false, bars=None))]
 pub fn topk_block<'py>(
     q: &Bound<'py, PyAny>,
     db: &Bound<'py, PyAny>,
@@ -98,6 +104,7 @@ pub fn topk_block<'py>(
     exclude: Option<&Bound<'py, PyAny>>,
     db_norms: Option<&Bound<'py, PyAny>>,
     lazy_norms: bool,
+    bars: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let metric = parse_metric(metric)?;
     if k < 0 {
@@ -158,11 +165,37 @@ pub fn topk_block<'py>(
         }
         _ => None,
     };
+    let bars = match bars {
+        Some(x) if !x.is_none() => {
+            let ba = array(x, "bars", 1)?;
+            if !ba.dtype().is_equiv_to(&qa.dtype()) {
+                return Err(PyTypeError::new_err(format!(
+                    "bars must have the dtype of q ({}), got {}",
+                    qa.dtype(),
+                    ba.dtype()
+                )));
+            }
+            if ba.shape()[0] != m {
+                return Err(PyValueError::new_err(format!(
+                    "bars must have one entry per query ({m}), got {}",
+                    ba.shape()[0]
+                )));
+            }
+            Some(x)
+        }
+        _ => None,
+    };
     let k = k as usize;
+    let given = Given {
+        exclude,
+        norms,
+        lazy_norms,
+        bars,
+    };
     if dtype_is::<f32>(qa) {
-        run::<f32>(q, db, k, metric, exclude, norms, lazy_norms)
+        run::<f32>(q, db, k, metric, given)
     } else if dtype_is::<f64>(qa) {
-        run::<f64>(q, db, k, metric, exclude, norms, lazy_norms)
+        run::<f64>(q, db, k, metric, given)
     } else {
         Err(PyTypeError::new_err(format!(
             "q and db must be float32 or float64 arrays, got dtype {}",
@@ -171,15 +204,27 @@ pub fn topk_block<'py>(
     }
 }
 
+/// `topk_block`'s optional arguments, checked.
+struct Given<'a, 'py> {
+    exclude: Option<Bound<'py, PyArray1<i64>>>,
+    norms: Option<&'a Bound<'py, PyAny>>,
+    lazy_norms: bool,
+    bars: Option<&'a Bound<'py, PyAny>>,
+}
+
 fn run<'py, T: Real + Element>(
     q: &Bound<'py, PyAny>,
     db: &Bound<'py, PyAny>,
     k: usize,
     metric: Metric,
-    exclude: Option<Bound<'py, PyArray1<i64>>>,
-    db_norms: Option<&Bound<'py, PyAny>>,
-    lazy_norms: bool,
+    given: Given<'_, 'py>,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let Given {
+        exclude,
+        norms: db_norms,
+        lazy_norms,
+        bars,
+    } = given;
     let py = q.py();
     let (q, db) = (q.cast::<PyArray2<T>>()?, db.cast::<PyArray2<T>>()?);
     let (q_ro, db_ro) = (q.try_readonly()?, db.try_readonly()?);
@@ -189,6 +234,8 @@ fn run<'py, T: Real + Element>(
         .map(|x| x.cast::<PyArray1<T>>().cloned())
         .transpose()?;
     let norms_ro = norms_in.as_ref().map(|a| a.try_readonly()).transpose()?;
+    let bars_in = bars.map(|x| x.cast::<PyArray1<T>>().cloned()).transpose()?;
+    let bars_ro = bars_in.as_ref().map(|a| a.try_readonly()).transpose()?;
     let scores = PyArray2::<T>::zeros(py, [m, k], false);
     let ids = PyArray2::<i64>::zeros(py, [m, k], false);
     let mut computed = (metric == Metric::Cosine && norms_in.is_none())
@@ -200,6 +247,7 @@ fn run<'py, T: Real + Element>(
         let (q_s, db_s) = (q_ro.as_slice()?, db_ro.as_slice()?);
         let exclude_s = exclude_ro.as_ref().map(|e| e.as_slice()).transpose()?;
         let norms_s = norms_ro.as_ref().map(|a| a.as_slice()).transpose()?;
+        let bars_s = bars_ro.as_ref().map(|a| a.as_slice()).transpose()?;
         let s = s_rw.as_slice_mut()?;
         let i = i_rw.as_slice_mut()?;
         let norms_out = n_rw.as_mut().map(|a| a.as_slice_mut()).transpose()?;
@@ -211,6 +259,7 @@ fn run<'py, T: Real + Element>(
                     db_norms: norms_s,
                     norms_out,
                     lazy_norms,
+                    bars: bars_s,
                     threads,
                 };
                 topk_with(

@@ -61,6 +61,10 @@ pub trait Real:
     fn abs(self) -> Self;
     fn sqrt(self) -> Self;
     fn is_nan(self) -> bool;
+    /// The greatest value below `self` (`f32::next_down`).
+    fn next_down(self) -> Self;
+    /// The least value above `self` (`f32::next_up`).
+    fn next_up(self) -> Self;
     /// `self * a + b` rounded once.
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// Bits whose unsigned order is the numeric order of non-NaN values, -0 and +0 alike.
@@ -133,6 +137,14 @@ macro_rules! impl_real {
             #[inline(always)]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn next_down(self) -> Self {
+                <$t>::next_down(self)
+            }
+            #[inline(always)]
+            fn next_up(self) -> Self {
+                <$t>::next_up(self)
             }
             #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {

@@ -42,6 +42,11 @@ pub struct TopkOptions<'a, T> {
     /// then bounds the scales from float32 sums: `simd::ScaleBounds`), provided every database
     /// row is finite. `topk_with` says whether it wrote them.
     pub lazy_norms: bool,
+    /// Per query, a score known to be reached by at least k rows of the whole database of
+    /// which `db` is a part (another part's k-th best, say), or NaN for none: rows scoring
+    /// worse are left out from the start, so the query may get fewer than k rows back
+    /// (padded). Rows scoring exactly as well are kept (a lower id may win the tie).
+    pub bars: Option<&'a [T]>,
     /// Threads the call may use (1: all work on the calling thread).
     pub threads: usize,
 }
@@ -63,6 +68,7 @@ pub fn topk<T: Real>(
         db_norms: None,
         norms_out: None,
         lazy_norms: false,
+        bars: None,
         threads: threads::num_threads(),
     };
     topk_with(metric, q, db, k, options, scores, ids);
@@ -81,6 +87,9 @@ pub fn topk_with<T: Real>(
     assert_eq!(q.d, db.d, "queries and database differ in width");
     if let Some(exclude) = options.exclude {
         assert_eq!(exclude.len(), q.n, "one exclude entry per query");
+    }
+    if let Some(bars) = options.bars {
+        assert_eq!(bars.len(), q.n, "one bar per query");
     }
     assert_eq!(scores.len(), q.n * k, "scores length");
     assert_eq!(ids.len(), q.n * k, "ids length");
@@ -118,6 +127,7 @@ pub fn topk_with<T: Real>(
     let mut problem = Problem {
         scorer,
         exclude: options.exclude,
+        bars: options.bars,
         k,
         max_group: usize::MAX,
         bounds: None,
@@ -188,6 +198,8 @@ enum Split {
 struct Problem<'a, T> {
     scorer: Scorer<'a, T>,
     exclude: Option<&'a [i64]>,
+    /// Per query, a score at least k rows of the whole database reach (`TopkOptions::bars`).
+    bars: Option<&'a [T]>,
     k: usize,
     /// Most queries per scan (tests lower it to force several scans).
     max_group: usize,
@@ -434,7 +446,7 @@ impl<T: Real> Problem<'_, T> {
         let (w, _) = simd::rows_shape::<T>(scorer.isa);
         let nq = g.len();
         let d = scorer.q.d;
-        selectors.clear(nq);
+        selectors.clear(nq, self.bars.map(|b| &b[g.clone()]));
         let exclude = self.exclude.map(|e| &e[g.clone()]);
         let mut q_packed = Buf::take_dirty();
         let mut scale = Buf::take();
@@ -448,6 +460,10 @@ impl<T: Real> Problem<'_, T> {
         if rows_path {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
             let bf16 = simd::Bf16Queries::new(scorer.isa, scorer.kind(), &q_packed, d, nq);
+            if let (Some(b), true) = (&bf16, selectors.barred(nq)) {
+                // The bars are already up: the filter need not wait for them to rise.
+                b.skipped(simd::BF16_WINDOW);
+            }
             let unknown_norms = scorer.cosine() && scorer.db_norms.is_none();
             let slack = scorer.scale_slack();
             let mut own_norms = Buf::take();
@@ -636,9 +652,10 @@ pub(crate) struct Selectors<T: Real, const HIGHER: bool> {
 #[derive(Clone, Copy)]
 struct Slot<T> {
     len: usize,
-    /// The k-th best score so far once `full`.
+    /// Once `barred`: the score a candidate must beat. The k-th best score so far once the
+    /// buffer has filled, until then the score just worse than the bar given (`clear`).
     bar: T,
-    full: bool,
+    barred: bool,
 }
 
 impl<T: Real, const HIGHER: bool> Selectors<T, HIGHER> {
@@ -665,18 +682,36 @@ impl<T: Real, const HIGHER: bool> Selectors<T, HIGHER> {
         }
     }
 
-    /// Empties the first `count` selectors.
-    pub(crate) fn clear(&mut self, count: usize) {
+    /// Empties the first `count` selectors, each barred from the start by its entry of
+    /// `bars` (NaN: not barred; see `TopkOptions::bars`).
+    pub(crate) fn clear(&mut self, count: usize, bars: Option<&[T]>) {
         assert!(count * self.cap <= self.keys.len());
         self.slots.clear();
-        self.slots.resize(
-            count,
-            Slot {
-                len: 0,
-                bar: T::ZERO,
-                full: false,
-            },
-        );
+        let empty = Slot {
+            len: 0,
+            bar: T::ZERO,
+            barred: false,
+        };
+        self.slots.resize(count, empty);
+        if let Some(bars) = bars {
+            assert_eq!(bars.len(), count, "one bar per selector");
+            for (slot, &bar) in self.slots.iter_mut().zip(bars) {
+                if !bar.is_nan() {
+                    // Candidates must beat the bar or equal it: beat the score just worse.
+                    slot.bar = if HIGHER {
+                        bar.next_down()
+                    } else {
+                        bar.next_up()
+                    };
+                    slot.barred = true;
+                }
+            }
+        }
+    }
+
+    /// Whether every one of the first `count` selectors is barred.
+    fn barred(&self, count: usize) -> bool {
+        self.slots[..count].iter().all(|s| s.barred)
     }
 
     #[inline(always)]
@@ -691,16 +726,16 @@ impl<T: Real, const HIGHER: bool> Selectors<T, HIGHER> {
     #[inline]
     fn bar(&self, q: usize) -> Option<T> {
         let slot = &self.slots[q];
-        slot.full.then_some(slot.bar)
+        slot.barred.then_some(slot.bar)
     }
 
-    /// Offers `score` as row `id` to query `q` (NaN and scores not beating a full selector's
-    /// bar are dropped).
+    /// Offers `score` as row `id` to query `q` (NaN and scores not beating a barred
+    /// selector's bar are dropped).
     #[inline]
     pub(crate) fn offer(&mut self, q: usize, score: T, id: i64) {
         let slot = &mut self.slots[q];
         // An equal score never displaces a kept one: its id is higher.
-        if score.is_nan() || (slot.full && !Self::beats(score, slot.bar)) {
+        if score.is_nan() || (slot.barred && !Self::beats(score, slot.bar)) {
             return;
         }
         let at = q * self.cap;
@@ -711,7 +746,7 @@ impl<T: Real, const HIGHER: bool> Selectors<T, HIGHER> {
             keep_best(kept, self.k);
             slot.len = self.k;
             slot.bar = unkey::<T, HIGHER>(kept[self.k - 1]).0;
-            slot.full = true;
+            slot.barred = true;
         }
     }
 
@@ -839,6 +874,7 @@ mod tests {
             db_norms,
             norms_out: None,
             lazy_norms: false,
+            bars: None,
             threads,
         };
         topk_with(
@@ -862,6 +898,33 @@ mod tests {
         k: usize,
     ) -> Out<T> {
         run_with(metric, q, db, d, exclude, k, 1, None)
+    }
+
+    /// `run_with` on `threads` threads with `bars` given.
+    #[allow(clippy::too_many_arguments)]
+    fn run_barred(
+        metric: Metric,
+        q: &[f32],
+        db: &[f32],
+        d: usize,
+        exclude: &[i64],
+        k: usize,
+        threads: usize,
+        bars: &[f32],
+    ) -> Out<f32> {
+        let (nq, ndb) = (exclude.len(), db.len() / d);
+        let (mut scores, mut ids) = (vec![0.0; nq * k], vec![0i64; nq * k]);
+        let options = TopkOptions {
+            exclude: Some(exclude),
+            db_norms: None,
+            norms_out: None,
+            lazy_norms: false,
+            bars: Some(bars),
+            threads,
+        };
+        let (q, db) = (Rows::new(q, nq, d), Rows::new(db, ndb, d));
+        topk_with(metric, q, db, k, options, &mut scores, &mut ids);
+        (scores, ids)
     }
 
     fn bits<T: Real>(out: &Out<T>) -> (Vec<u64>, Vec<i64>) {
@@ -918,6 +981,7 @@ mod tests {
             let problem = Problem {
                 scorer: Scorer::new(metric, Rows::new(&q, nq, d), Rows::new(&db, ndb, d)),
                 exclude: Some(&exclude),
+                bars: None,
                 k,
                 max_group: 8,
                 bounds: None,
@@ -974,6 +1038,58 @@ mod tests {
         }
     }
 
+    /// Bars given per query cut the result to the rows that reach them, with the same bits:
+    /// a bar equal to a kept score keeps that row. Row-streaming, filtered (all queries
+    /// barred, so the bfloat16 filter starts at once) and packed-panel scans, both splits.
+    #[test]
+    fn bars_keep_exactly_the_rows_that_reach_them() {
+        let d = 24;
+        let mut rng = Lcg::new(91);
+        for &(nq, ndb, unbarred) in &[
+            (3, 9000, 2),
+            (40, 9000, 0),
+            (40, 9000, 5),
+            (300, 3000, 5),
+            (200, 20_000, 0),
+        ] {
+            let q: Vec<f32> = random_matrix(&mut rng, nq, d);
+            let db: Vec<f32> = random_matrix(&mut rng, ndb, d);
+            let exclude: Vec<i64> = (0..nq as i64).map(|i| i * 7).collect();
+            for metric in METRICS {
+                for k in [1, 10, 300] {
+                    let plain = run(metric, &q, &db, d, &exclude, k);
+                    // Query i's bar: its (3i mod k)-th best score; every `unbarred`-th none.
+                    let bars: Vec<f32> = (0..nq)
+                        .map(|i| match unbarred {
+                            u if u > 0 && i % u == u - 1 => f32::NAN,
+                            _ => plain.0[i * k + (3 * i) % k],
+                        })
+                        .collect();
+                    let mut want = plain.clone();
+                    for (i, &bar) in bars.iter().enumerate() {
+                        let reach = |s: f32| match metric.higher_is_better() {
+                            true => s >= bar,
+                            false => s <= bar,
+                        };
+                        for j in i * k..(i + 1) * k {
+                            if !bar.is_nan() && !reach(want.0[j]) {
+                                (want.0[j], want.1[j]) = (f32::NAN, NO_ID);
+                            }
+                        }
+                    }
+                    for threads in [1, 2] {
+                        let got = run_barred(metric, &q, &db, d, &exclude, k, threads, &bars);
+                        assert_eq!(
+                            bits(&want),
+                            bits(&got),
+                            "{metric:?} {nq}x{ndb} k={k} t={threads}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// A problem of the f32 rows `q` and `db` (`d` coordinates) on `isa`, no exclusions.
     fn problem_on<'a>(
         isa: simd::Isa,
@@ -992,6 +1108,7 @@ mod tests {
         Problem {
             scorer,
             exclude: None,
+            bars: None,
             k,
             max_group: usize::MAX,
             bounds: None,
@@ -1184,6 +1301,7 @@ mod tests {
                             let problem = Problem {
                                 scorer,
                                 exclude: Some(&exclude[..nq]),
+                                bars: None,
                                 k,
                                 max_group: 256,
                                 bounds: None,
@@ -1258,6 +1376,7 @@ mod tests {
                                 let problem = Problem {
                                     scorer,
                                     exclude: None,
+                                    bars: None,
                                     k,
                                     max_group: 256,
                                     bounds,
@@ -1368,6 +1487,7 @@ mod tests {
             db_norms: None,
             norms_out: Some(&mut norms),
             lazy_norms,
+            bars: None,
             threads,
         };
         let (q, db) = (Rows::new(q, nq, d), Rows::new(db, ndb, d));

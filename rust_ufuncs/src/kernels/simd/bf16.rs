@@ -51,6 +51,8 @@ pub const BF16_MAX_FEATURES: usize = 768;
 const GIVE_UP_ONE_IN: usize = 4;
 /// Rows per window.
 const WINDOW: usize = 4096;
+/// Rows the filter leaves to the plain kernel at the start of a scan while the bars rise.
+pub const BF16_WINDOW: usize = WINDOW;
 /// Queries per panel: the f32 lanes of one AVX-512 vector.
 const LANES: usize = 16;
 /// Database rows scored together, one accumulator each.
