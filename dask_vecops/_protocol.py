@@ -69,6 +69,7 @@ class ChunkBackend(Protocol):
         exclude: np.ndarray | None = None,
         db_norms: np.ndarray | None = None,
         lazy_norms: bool = False,
+        bars: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Best ``k`` rows of ``db`` for each row of ``q``: ``(scores, ids, db_norms)``.
 
@@ -78,6 +79,11 @@ class ChunkBackend(Protocol):
         norms it used, so the caller can cache them and screen rows that are not finite. With
         ``lazy_norms`` (cosine without ``db_norms``) the backend may skip the norms it does not
         need and return None instead, but only when every ``db`` row is finite.
+
+        ``bars``, when given, holds for each query a score that at least ``k`` rows of the whole
+        database (of which ``db`` is one chunk) are known to reach, or NaN for none. The backend
+        may leave out the rows that score worse (returning fewer than ``k``, padded) or ignore
+        the bars: the merged result is the same either way, only the work differs.
         """
 
     def merge_topk(

@@ -97,8 +97,9 @@ def _similarity(a, b, metric):
     return launch.distances(a, b, metric)
 
 
-def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
-    """Best ``k`` rows of ``db`` for each row of ``q`` (see the chunk protocol).
+def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False, bars=None):
+    """Best ``k`` rows of ``db`` for each row of ``q`` (see the chunk protocol; ``bars`` are
+    ignored).
 
     The database is scored in tiles of at most :data:`TILE_BYTES`; each tile's best k per query
     are selected by the kernel and merged into the running result. For cosine the queries are

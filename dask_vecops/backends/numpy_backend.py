@@ -52,9 +52,10 @@ def _distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return out
 
 
-def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
+def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False, bars=None):
     """Best ``k`` rows of ``db`` for each row of ``q``, tile by tile (see the chunk protocol).
 
     The norms are computed whether ``lazy_norms`` or not: they cost a fraction of the products.
+    ``bars`` are ignored: the products of a whole tile come first, so they would save little.
     """
     return _select.tiled_topk(similarity_block, q, db, k, metric, exclude, db_norms)

@@ -25,20 +25,23 @@ def similarity_block(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return _PAIRWISE[metric](a, b)
 
 
-def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
+def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False, bars=None):
     """Best ``k`` rows of ``db`` for each row of ``q`` by the fused Rust kernel.
 
     For cosine the kernel returns the database norms it computed in its pass over ``db`` (or the
     ``db_norms`` it was given), so the caller can cache them. With ``lazy_norms`` a few float32
     queries skip the norms of the rows that cannot enter a top k, and get None for them when
-    every row is finite.
+    every row is finite. ``bars`` (one score per query, NaN for none) start each query's
+    selection with its bar already up: rows scoring worse are never candidates.
     """
     q, db = _in_place(q), _in_place(db)
     if exclude is not None:
         exclude = _in_place(exclude, np.int64)
     if db_norms is not None:
         db_norms = _in_place(db_norms, db.dtype)
-    return _rust.topk_block(q, db, k, metric, exclude, db_norms, lazy_norms)
+    if bars is not None:
+        bars = _in_place(bars, q.dtype)
+    return _rust.topk_block(q, db, k, metric, exclude, db_norms, lazy_norms, bars)
 
 
 def merge_topk(scores: list, ids: list, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

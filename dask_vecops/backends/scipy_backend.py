@@ -33,9 +33,10 @@ def similarity_block(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return cdist(a, b, _CDIST_METRIC[metric]).astype(a.dtype, copy=False)
 
 
-def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False):
+def topk_block(q, db, k, metric, exclude=None, db_norms=None, lazy_norms=False, bars=None):
     """Best ``k`` rows of ``db`` for each row of ``q``, tile by tile (see the chunk protocol).
 
     The norms are computed whether ``lazy_norms`` or not: they cost a fraction of the products.
+    ``bars`` are ignored: the products of a whole tile come first, so they would save little.
     """
     return _select.tiled_topk(similarity_block, q, db, k, metric, exclude, db_norms)

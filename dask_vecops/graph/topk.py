@@ -13,6 +13,7 @@ Blocks may be NumPy or CuPy arrays; CuPy results stay on the GPU.
 from __future__ import annotations
 
 import inspect
+import uuid
 from functools import partial
 
 import dask
@@ -25,6 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 from .. import _metrics
 from .._protocol import array_module, take_rows
 from .._validate import finite_mask
+from ._bars import BARS
 from ._norm_cache import NORM_CACHE
 from ._rows import matrix_meta
 
@@ -62,6 +64,7 @@ def topk(
         _topk_pair, topk_block=topk_block, k=k, metric=metric,
         nan_policy=nan_policy, self_join=self_join, names=names,
         db_name=db.name, norm_cache_bytes=norm_cache_bytes, backend=backend,
+        search_token=uuid.uuid4().hex,  # this graph's own: see _bars
     )
     merge = partial(_merge, merge_topk=merge_topk, k=k, metric=metric, backend=backend)
     databases = _database_per_batch(db, q.numblocks[0])
@@ -145,19 +148,40 @@ def _pick(result, index, dtype):
 
 def _topk_pair(
     q, q0, q1, db, d0, d1, *, topk_block, k, metric, nan_policy, self_join, names,
-    db_name, norm_cache_bytes, backend,
+    db_name, norm_cache_bytes, backend, search_token,
 ):
     """Pair task of topk: best k of database rows ``d0:d1`` for query rows ``q0:q1``, global ids.
 
     Counted as one ``topk`` block of ``d1 - d0`` database rows, timed over the backend's calls.
+    Starts from the bars the search's other pair tasks in this process have published, and
+    publishes its own (``_bars``).
     """
     # Ranges until rows are dropped: a pair task runs once per chunk, and an array of a
     # chunk's row ids (800 kB for 100,000 rows) cost it more than the rest of its Python.
     q_rows, db_rows = range(q0, q1), range(d0, d1)
+    bars_key = (search_token, q0)
+    bars = BARS.get(bars_key)
     keep_q = finite_mask(q, q_rows, names[0], nan_policy)
     if keep_q is not None:
         q, q_rows = take_rows(q, keep_q), _row_ids(q_rows)[keep_q]
-    search = partial(_search, topk_block, q, q_rows, k=k, metric=metric, self_join=self_join)
+        bars = bars[keep_q] if bars is not None else None
+    search = partial(
+        _search, topk_block, q, q_rows, k=k, metric=metric, self_join=self_join, bars=bars
+    )
+    scores, ids, seconds = _pair_search(
+        search, db, db_rows, d0, d1, metric=metric, nan_policy=nan_policy,
+        db_name=db_name, db_label=names[1], norm_cache_bytes=norm_cache_bytes,
+    )
+    _metrics.record("topk", backend, d1 - d0, seconds)
+    scores, ids = _with_all_queries(scores, ids, keep_q)
+    BARS.publish(bars_key, scores, metric)
+    return scores, ids
+
+
+def _pair_search(search, db, db_rows, d0, d1, *, metric, nan_policy, db_name, db_label,
+                 norm_cache_bytes):
+    """``(scores, ids, seconds)`` of a pair task's search, with the norm cache and the
+    database's non-finite rows handled."""
     key = (db_name, d0, d1 - d0) if d1 > d0 and norm_cache_bytes else None
     norms = NORM_CACHE.get(key) if key else None
     seconds = 0.0
@@ -170,16 +194,14 @@ def _topk_pair(
         if norms is None or _all_finite_norms(norms):
             if key and norms is not None:
                 NORM_CACHE.put(key, norms, norm_cache_bytes)
-            _metrics.record("topk", backend, d1 - d0, seconds)
-            return _with_all_queries(scores, ids, keep_q)
+            return scores, ids, seconds
         norms = None
     if norms is None:  # cached norms were made from finite rows only
-        keep_db = finite_mask(db, db_rows, names[1], nan_policy)
+        keep_db = finite_mask(db, db_rows, db_label, nan_policy)
         if keep_db is not None:
             db, db_rows = take_rows(db, keep_db), _row_ids(db_rows)[keep_db]
     scores, ids, _, more_seconds = search(db, db_rows, db_norms=norms)
-    _metrics.record("topk", backend, d1 - d0, seconds + more_seconds)
-    return _with_all_queries(scores, ids, keep_q)
+    return scores, ids, seconds + more_seconds
 
 
 def _row_ids(rows) -> np.ndarray:
@@ -195,12 +217,13 @@ def _all_finite_norms(norms) -> bool:
 
 
 def _search(
-    topk_block, q, q_rows, db, db_rows, *, k, metric, self_join, db_norms=None, lazy_norms=False
+    topk_block, q, q_rows, db, db_rows, *, k, metric, self_join, bars, db_norms=None,
+    lazy_norms=False,
 ):
     """The backend's top-k of one pair of blocks, with global database ids, and its seconds."""
     exclude = _local_positions(q_rows, db_rows) if self_join else None
     start = _metrics.clock()
-    scores, local, norms = topk_block(q, db, k, metric, exclude, db_norms, lazy_norms)
+    scores, local, norms = topk_block(q, db, k, metric, exclude, db_norms, lazy_norms, bars)
     seconds = _metrics.clock() - start
     return scores, _global_ids(local, db_rows), norms, seconds
 
