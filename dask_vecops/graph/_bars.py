@@ -9,8 +9,10 @@ either way (rows that reach a bar are kept, ties included); only the work change
 
 Keys are (a token drawn when the search's graph is built, the query batch's first row), so a
 bar never meets another search: not even a new search of the same arrays (whose data may have
-changed in place since). Each process (each ``distributed`` worker) has its own board; a task
-that finds no bars searches as it would have without.
+changed in place since). The batch's last merge drops its bars in its process, so a later
+computation of the same graph starts afresh there too. Each process (each ``distributed``
+worker) has its own board, bounded; a task that finds no bars searches as it would have
+without.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class BarBoard:
             self._entries.move_to_end(key)
             while len(self._entries) > self._searches:
                 self._entries.popitem(last=False)
+
+    def discard(self, key: tuple) -> None:
+        """Forget the bars of ``key``, if any."""
+        with self._lock:
+            self._entries.pop(key, None)
 
     def clear(self) -> None:
         """Forget every search."""

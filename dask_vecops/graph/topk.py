@@ -60,11 +60,12 @@ def topk(
     pair_name, merge_name = f"vecops-topk-{token}", f"vecops-topk-merge-{token}"
     score_name, id_name = f"vecops-topk-scores-{token}", f"vecops-topk-ids-{token}"
     backend = _metrics.backend_name(topk_block)  # the merge is the same backend's
+    search_token = uuid.uuid4().hex  # this graph's own key to the bars: see _bars
     pair = partial(
         _topk_pair, topk_block=topk_block, k=k, metric=metric,
         nan_policy=nan_policy, self_join=self_join, names=names,
         db_name=db.name, norm_cache_bytes=norm_cache_bytes, backend=backend,
-        search_token=uuid.uuid4().hex,  # this graph's own: see _bars
+        search_token=search_token,
     )
     merge = partial(_merge, merge_topk=merge_topk, k=k, metric=metric, backend=backend)
     databases = _database_per_batch(db, q.numblocks[0])
@@ -75,7 +76,8 @@ def topk(
             for j, (d0, d1) in enumerate(_starts(db.chunks[0]))
         }
         tasks.update(pairs)
-        tasks.update(_merge_tree(merge, list(pairs), (merge_name, i), split_every))
+        last = partial(merge, bars_key=(search_token, q0))
+        tasks.update(_merge_tree(merge, list(pairs), (merge_name, i), split_every, last))
         picks[score_name][(score_name, i, 0)] = (_pick, (merge_name, i), 0, q.dtype)
         picks[id_name][(id_name, i, 0)] = (_pick, (merge_name, i), 1, np.int64)
     inputs = {c.name: c for c in (q, *databases)}  # q is db in a self-join of one batch
@@ -103,8 +105,9 @@ def _database_per_batch(db: da.Array, batches: int) -> list[da.Array]:
     return [db, *(clone(db, seed=i) for i in range(1, batches))]
 
 
-def _merge_tree(merge, parts: list, final: tuple, split_every: int) -> dict:
-    """Merge tasks reducing ``parts`` to the key ``final``, ``split_every`` at a time.
+def _merge_tree(merge, parts: list, final: tuple, split_every: int, last) -> dict:
+    """Merge tasks reducing ``parts`` to the key ``final``, ``split_every`` at a time, the
+    last of them by ``last``.
 
     The tree of ``dask.array.reduction``: the same depth and the same groups.
     """
@@ -115,7 +118,7 @@ def _merge_tree(merge, parts: list, final: tuple, split_every: int) -> dict:
         parts = [(f"{name}-{level}", batch, g) for g in range(len(groups))]
         tasks.update((key, (merge, group)) for key, group in zip(parts, groups, strict=True))
         level += 1
-    tasks[final] = (merge, parts)
+    tasks[final] = (last, parts)
     return tasks
 
 
@@ -260,8 +263,12 @@ def _local_positions(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(found, pos, -1)
 
 
-def _merge(parts, *, merge_topk, k, metric, backend):
-    """Merge task of topk: best k of several partial ``(scores, ids)`` results."""
+def _merge(parts, *, merge_topk, k, metric, backend, bars_key=None):
+    """Merge task of topk: best k of several partial ``(scores, ids)`` results. The last
+    merge of a query batch (``bars_key`` given) drops the batch's bars in this process: every
+    pair task of the batch has run, and a later computation of the graph starts afresh."""
+    if bars_key is not None:
+        BARS.discard(bars_key)
     start = _metrics.clock()
     merged = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, metric)
     _metrics.record("topk-merge", backend, len(parts[0][0]), _metrics.clock() - start)
