@@ -696,13 +696,15 @@ impl<T: Real, const HIGHER: bool> Selectors<T, HIGHER> {
         if let Some(bars) = bars {
             assert_eq!(bars.len(), count, "one bar per selector");
             for (slot, &bar) in self.slots.iter_mut().zip(bars) {
-                if !bar.is_nan() {
-                    // Candidates must beat the bar or equal it: beat the score just worse.
-                    slot.bar = if HIGHER {
-                        bar.next_down()
-                    } else {
-                        bar.next_up()
-                    };
+                // Candidates must beat the bar or equal it: beat the score just worse. The
+                // worst score of all (-inf for similarities) bars nothing: none is worse.
+                let worse = if HIGHER {
+                    bar.next_down()
+                } else {
+                    bar.next_up()
+                };
+                if !bar.is_nan() && worse != bar {
+                    slot.bar = worse;
                     slot.barred = true;
                 }
             }
@@ -1087,6 +1089,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A bar at the worst score of all bars nothing: rows whose scores overflow to it are
+    /// kept, as without the bar.
+    #[test]
+    fn a_bar_at_the_worst_score_bars_nothing() {
+        let db = [-1e30f32, 1.0, -1e30];
+        for (metric, q, bar) in [
+            (Metric::Dot, 1e30f32, f32::NEG_INFINITY),
+            (Metric::Euclidean, 0.0, f32::INFINITY),
+        ] {
+            let plain = run(metric, &[q], &db, 1, &[NO_ID], 3);
+            assert_eq!(plain.1, [1, 0, 2], "{metric:?}");
+            let barred = run_barred(metric, &[q], &db, 1, &[NO_ID], 3, 1, &[bar]);
+            assert_eq!(bits(&plain), bits(&barred), "{metric:?}");
         }
     }
 
