@@ -60,6 +60,34 @@ fn array<'a, 'py>(
     Ok(a)
 }
 
+/// `x` unless absent or None: a 1-D array `name` of the dtype of `like` (named `like_name`),
+/// with one entry per `each` (`len` of them).
+fn float_vector<'a, 'py>(
+    x: Option<&'a Bound<'py, PyAny>>,
+    name: &str,
+    (like, like_name): (&Bound<'py, PyUntypedArray>, &str),
+    (len, each): (usize, &str),
+) -> PyResult<Option<&'a Bound<'py, PyAny>>> {
+    let Some(x) = x.filter(|x| !x.is_none()) else {
+        return Ok(None);
+    };
+    let a = array(x, name, 1)?;
+    if !a.dtype().is_equiv_to(&like.dtype()) {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must have the dtype of {like_name} ({}), got {}",
+            like.dtype(),
+            a.dtype()
+        )));
+    }
+    if a.shape()[0] != len {
+        return Err(PyValueError::new_err(format!(
+            "{name} must have one entry per {each} ({len}), got {}",
+            a.shape()[0]
+        )));
+    }
+    Ok(Some(x))
+}
+
 fn dtype_is<T: Element>(a: &Bound<'_, PyUntypedArray>) -> bool {
     a.dtype().is_equiv_to(&numpy::dtype::<T>(a.py()))
 }
@@ -145,46 +173,8 @@ pub fn topk_block<'py>(
         }
         _ => None,
     };
-    let norms = match db_norms {
-        Some(x) if !x.is_none() => {
-            let na = array(x, "db_norms", 1)?;
-            if !na.dtype().is_equiv_to(&qa.dtype()) {
-                return Err(PyTypeError::new_err(format!(
-                    "db_norms must have the dtype of db ({}), got {}",
-                    dba.dtype(),
-                    na.dtype()
-                )));
-            }
-            if na.shape()[0] != n {
-                return Err(PyValueError::new_err(format!(
-                    "db_norms must have one entry per db row ({n}), got {}",
-                    na.shape()[0]
-                )));
-            }
-            Some(x)
-        }
-        _ => None,
-    };
-    let bars = match bars {
-        Some(x) if !x.is_none() => {
-            let ba = array(x, "bars", 1)?;
-            if !ba.dtype().is_equiv_to(&qa.dtype()) {
-                return Err(PyTypeError::new_err(format!(
-                    "bars must have the dtype of q ({}), got {}",
-                    qa.dtype(),
-                    ba.dtype()
-                )));
-            }
-            if ba.shape()[0] != m {
-                return Err(PyValueError::new_err(format!(
-                    "bars must have one entry per query ({m}), got {}",
-                    ba.shape()[0]
-                )));
-            }
-            Some(x)
-        }
-        _ => None,
-    };
+    let norms = float_vector(db_norms, "db_norms", (dba, "db"), (n, "db row"))?;
+    let bars = float_vector(bars, "bars", (qa, "q"), (m, "query"))?;
     let k = k as usize;
     let given = Given {
         exclude,

@@ -461,8 +461,7 @@ impl<T: Real> Problem<'_, T> {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
             let bf16 = simd::Bf16Queries::new(scorer.isa, scorer.kind(), &q_packed, d, nq);
             if let (Some(b), true) = (&bf16, selectors.barred(nq)) {
-                // The bars are already up: the filter need not wait for them to rise.
-                b.skipped(simd::BF16_WINDOW);
+                b.bars_given();
             }
             let unknown_norms = scorer.cosine() && scorer.db_norms.is_none();
             let slack = scorer.scale_slack();
@@ -470,7 +469,8 @@ impl<T: Real> Problem<'_, T> {
             for start in (0..n).step_by(block) {
                 let rows = start..(start + block).min(n);
                 // The bfloat16 filter takes this block unless it is among the scan's first
-                // rows or the filter gave up (`Bf16Queries::worth_it`).
+                // rows (none when every query's bar was given) or the filter gave up
+                // (`Bf16Queries::worth_it`).
                 let filter = bf16.as_ref().filter(|b| b.worth_it());
                 if let (Some(b), None) = (&bf16, filter) {
                     b.skipped(rows.len());

@@ -51,8 +51,6 @@ pub const BF16_MAX_FEATURES: usize = 768;
 const GIVE_UP_ONE_IN: usize = 4;
 /// Rows per window.
 const WINDOW: usize = 4096;
-/// Rows the filter leaves to the plain kernel at the start of a scan while the bars rise.
-pub const BF16_WINDOW: usize = WINDOW;
 /// Queries per panel: the f32 lanes of one AVX-512 vector.
 const LANES: usize = 16;
 /// Database rows scored together, one accumulator each.
@@ -156,6 +154,11 @@ impl Bf16Queries {
     /// those it does not take to the plain kernel and counts them with `skipped`.
     pub fn worth_it(&self) -> bool {
         self.seen.load(Ordering::Relaxed) >= WINDOW && !self.given_up.load(Ordering::Relaxed)
+    }
+
+    /// Lets the filter take the scan from its first row: the bars were given, already up.
+    pub fn bars_given(&self) {
+        self.seen.fetch_max(WINDOW, Ordering::Relaxed);
     }
 
     /// Counts rows the plain kernel took.

@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 use super::Real;
 
 mod bf16;
-pub use bf16::{Bf16Queries, BF16_MAX_FEATURES, BF16_WINDOW};
+pub use bf16::{Bf16Queries, BF16_MAX_FEATURES};
 
 /// The instruction sets the kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
