@@ -20,7 +20,7 @@ import threading
 import numpy as np
 from numba import config
 
-from . import norms, pairwise, select
+from . import norms, pairwise, scan, select
 from ._device import DISTANCE_KINDS, NORM_KINDS
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -30,7 +30,13 @@ config.CUDA_LOW_OCCUPANCY_WARNINGS = False
 # Threads per block: a row's work is split among them (selection reads long score rows; norms read
 # one vector, for which one warp is enough).
 ROW_THREADS = 2 if SIMULATOR else 256
+SCAN_THREADS = 2 if SIMULATOR else 128
 NORM_THREADS = 2 if SIMULATOR else 32
+NORM_ROWS = 2 if SIMULATOR else 8  # rows per block of the norm kernels, a warp each
+# The first pass (:mod:`numba_kernels.scan`) pays when each thread's list of k is offered many
+# times its length; the blocks it launches should fill the GPU several times over.
+SCAN_COLUMNS_PER_SLOT = 8
+SCAN_BLOCKS_PER_SM = 8
 PAIR_TILE = 4 if SIMULATOR else 16
 _SIMULATOR_LOCK = threading.Lock()
 
@@ -125,7 +131,7 @@ def row_norms(x, norm: str):
     xp = array_module(x)
     out = xp.empty(x.shape[0], dtype=np.float64)
     if x.shape[0]:
-        _launch(norms.row_norms_kernel, x.shape[0], NORM_THREADS, x, NORM_KINDS[norm], out)
+        _launch(norms.row_norms_kernel, *_norm_grid(x), x, NORM_KINDS[norm], out)
     return out
 
 
@@ -142,8 +148,13 @@ def normalize_rows(x, norm: str):
     """
     out = array_module(x).empty_like(x)
     if x.shape[0]:
-        _launch(norms.normalize_rows_kernel, x.shape[0], NORM_THREADS, x, NORM_KINDS[norm], out)
+        _launch(norms.normalize_rows_kernel, *_norm_grid(x), x, NORM_KINDS[norm], out)
     return out
+
+
+def _norm_grid(x):
+    """Grid and block of the norm kernels: a warp per row, ``NORM_ROWS`` rows a block."""
+    return math.ceil(x.shape[0] / NORM_ROWS), (NORM_THREADS, NORM_ROWS)
 
 
 @_numpy_through_the_gpu
@@ -164,12 +175,14 @@ def distances(a, b, metric: str):
 
 
 @_numpy_through_the_gpu
-def topk_rows(scores, k: int, larger_better: bool, exclude=None, ids=None):
+def topk_rows(scores, k: int, larger_better: bool, exclude=None, ids=None, first_pass=None):
     """Best ``k`` entries of each row of ``scores``: ``(scores, ids)``, sorted, lowest id first on ties.
 
     ids are column positions, or taken from ``ids`` (same shape as ``scores``) when given.
     ``exclude`` holds for each row a column to leave out (-1: none). NaN scores are never chosen;
-    missing entries are padding (score NaN, id -1).
+    missing entries are padding (score NaN, id -1). ``first_pass`` reads the rows once with
+    :mod:`numba_kernels.scan` to cut them to candidates before the exact selection (``None``:
+    when the rows are long for k; only for column positions and k up to ``scan.MAX_SLOTS``).
 
     Examples
     --------
@@ -179,9 +192,63 @@ def topk_rows(scores, k: int, larger_better: bool, exclude=None, ids=None):
     (array([[0.9, 0.5, 0.5]], dtype=float32), array([[1, 0, 2]]))
     >>> topk_rows(scores, 3, larger_better=True, exclude=np.array([1]))
     (array([[0.5, 0.5, nan]], dtype=float32), array([[ 0,  2, -1]]))
+    >>> topk_rows(scores, 2, larger_better=False, first_pass=True)
+    (array([[0.5, 0.5]], dtype=float32), array([[0, 2]]))
     """
     xp = array_module(scores)
     scores = xp.ascontiguousarray(scores)
+    take = min(k, scores.shape[1])
+    if first_pass is None:
+        first_pass = ids is None and take <= scan.MAX_SLOTS and (
+            scores.shape[1] >= SCAN_COLUMNS_PER_SLOT * SCAN_THREADS * take
+        )
+    if first_pass:
+        if ids is not None or take > scan.MAX_SLOTS:
+            raise ValueError(f"the first pass takes no ids and k <= {scan.MAX_SLOTS}")
+        if len(scores) and take:
+            scores, ids = _thread_best(scores, take, larger_better, exclude)
+            exclude = None
+    return _select(scores, k, larger_better, exclude, ids)
+
+
+def _thread_best(scores, take, larger_better, exclude):
+    """Candidates for each row's best ``take``: every scan thread's best ``take`` columns."""
+    xp = array_module(scores)
+    rows, cols = scores.shape
+    parts = _scan_parts(rows, cols, take)
+    segment = SCAN_THREADS * math.ceil(cols / (parts * SCAN_THREADS))
+    parts = math.ceil(cols / segment)
+    width = parts * SCAN_THREADS * take
+    cand_score = xp.empty((rows, width), dtype=scores.dtype)
+    cand_id = xp.empty((rows, width), dtype=np.int64)
+    skip = xp.asarray(exclude, dtype=np.int64) if exclude is not None else xp.empty(1, np.int64)
+    kernel = scan.thread_best_kernel(8 * scores.dtype.itemsize)
+    _launch(
+        kernel, (rows, parts), SCAN_THREADS, scores, skip, exclude is not None, larger_better,
+        take, segment, cand_score, cand_id,
+    )
+    return cand_score, cand_id
+
+
+def _scan_parts(rows, cols, take) -> int:
+    """Segments per row: enough blocks to fill the GPU while each slot is offered many columns."""
+    most = max(1, cols // (SCAN_COLUMNS_PER_SLOT * SCAN_THREADS * take))
+    wanted = math.ceil(SCAN_BLOCKS_PER_SM * _multiprocessors() / rows)
+    return max(1, min(most, wanted))
+
+
+@functools.cache
+def _multiprocessors() -> int:
+    if SIMULATOR:
+        return 1
+    import cupy
+
+    return cupy.cuda.Device().attributes["MultiProcessorCount"]
+
+
+def _select(scores, k, larger_better, exclude, ids):
+    """The exact selection (:mod:`numba_kernels.select`): radix select, gather, sort."""
+    xp = array_module(scores)
     rows, cols = scores.shape
     take = min(k, cols)
     width = 1 << max(take - 1, 0).bit_length()

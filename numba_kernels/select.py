@@ -167,24 +167,27 @@ def topk_rows_kernel(nbits: int):
             want = state[1]
             cuda.syncthreads()  # everyone has read the state
 
-        # Gather exactly `take` entries into this row's scratch, then pad it to its width.
+        # Gather the (at most `take`) chosen numbers into this row's scratch, then pad it to its
+        # width. NaN and padding (the worst key) are never output, so they are not gathered: when
+        # a row has fewer numbers than `take`, they would tie with its padding for the slots.
         if t == 0:
             count[0] = 0
         cuda.syncthreads()  # the counter is zero
         for j in range(t, n, threads):
             key = key_at(bits, row, j, skip, larger_better)
             ident = id_at(ids, has_ids, row, j)
-            if select_all or key < prefix or (
-                key == prefix and (not ties or ident <= id_prefix)
+            if key != all_ones and (
+                select_all or key < prefix or (key == prefix and (not ties or ident <= id_prefix))
             ):
                 slot = cuda.atomic.add(count, 0, 1)
-                if slot >= take:  # only padding can tie beyond take: NaN scores with no id
+                if slot >= take:  # only when given ids repeat in a row
                     continue
                 work_key[row, slot] = key
                 work_id[row, slot] = ids[row, j] if has_ids else j
                 work_col[row, slot] = j
+        cuda.syncthreads()  # every chosen entry is counted
         width = work_key.shape[1]
-        for i in range(take + t, width, threads):
+        for i in range(min(count[0], take) + t, width, threads):
             work_key[row, i] = all_ones
             work_id[row, i] = _NO_ID
             work_col[row, i] = -1

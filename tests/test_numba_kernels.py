@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from . import has_cuda, requires_cuda
+from . import has_cuda, requires_cuda, requires_gpu
 
 pytest.importorskip("numba")
 pytestmark = [requires_cuda, pytest.mark.usefixtures("fast_simulator")]
@@ -113,6 +113,19 @@ def test_topk_rows_exclude_and_padding(launch, k):
     assert (got_ids[:, 6:] == -1).all() and np.isnan(got_scores[:, 6:]).all()
 
 
+def test_topk_rows_padding_never_displaces_numbers(launch):
+    # Merged partial results: two numbers among padding (NaN, id -1), fewer than k. The padding
+    # ties with itself at the worst key and must not take the numbers' places.
+    scores = np.full((8, 40), np.nan, np.float32)
+    ids = np.full((8, 40), -1, np.int64)
+    for row in range(8):
+        scores[row, [row, 39 - row]] = [0.5, 0.25]
+        ids[row, [row, 39 - row]] = [7, 3]
+    got_scores, got_ids = launch.topk_rows(scores, 4, True, ids=ids)
+    assert (got_ids == [7, 3, -1, -1]).all(), got_ids
+    assert (got_scores[:, :2] == [0.5, 0.25]).all() and np.isnan(got_scores[:, 2:]).all()
+
+
 def test_topk_rows_sorts_beyond_a_power_of_two(launch):
     # k = 70 sorts 128 slots, 58 of them padding, in the scratch rows.
     scores = np.random.default_rng(3).standard_normal((3, 100))
@@ -126,6 +139,79 @@ def test_topk_rows_empty_inputs(launch):
     assert np.isnan(scores).all() and (ids == -1).all() and scores.shape == (3, 2)
     scores, ids = launch.topk_rows(np.empty((0, 5), np.float32), 2, True)
     assert scores.shape == ids.shape == (0, 2)
+
+
+def _hard_rows(rng, dtype, cols):
+    """Score rows that test selection: exact ties everywhere, NaN, -0.0, infinities, short rows."""
+    scores = rng.integers(0, 6, (6, cols)).astype(dtype)
+    scores[0, ::7] = -0.0
+    scores[1, ::2] = np.nan
+    scores[2, : cols - 3] = np.nan  # fewer numbers than k
+    scores[3, ::5] = np.inf
+    scores[3, 1::5] = -np.inf
+    scores[4] = np.nan  # nothing to choose
+    return scores
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("larger_better", [True, False])
+@pytest.mark.parametrize("k", [1, 4, 32])
+def test_first_pass_keeps_the_exact_top_k(launch, dtype, larger_better, k):
+    rng = np.random.default_rng(k)
+    scores = _hard_rows(rng, dtype, 300)
+    exclude = np.array([5, -1, 299, 0, 3, 1000])
+    got = launch.topk_rows(scores, k, larger_better, exclude=exclude, first_pass=True)
+    masked = scores.copy()
+    for row, col in enumerate(exclude):
+        if 0 <= col < scores.shape[1]:
+            masked[row, col] = np.nan
+    want = _lexsort_topk(masked, np.broadcast_to(np.arange(300), scores.shape), k, larger_better)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert np.signbit(got[0]).tolist() == np.signbit(want[0]).tolist()  # -0.0 keeps its bits
+
+
+def test_first_pass_is_chosen_for_long_rows_and_small_k(launch, monkeypatch):
+    calls = []
+    thread_best = launch._thread_best
+    monkeypatch.setattr(launch, "_thread_best", lambda *a: calls.append(a[1]) or thread_best(*a))
+    scores = _hard_rows(np.random.default_rng(0), np.float32, 200)
+    for k in (3, 12, 33):
+        got = launch.topk_rows(scores, k, True)
+        want = _lexsort_topk(scores, np.broadcast_to(np.arange(200), scores.shape), k, True)
+        np.testing.assert_array_equal(got[1], want[1])
+    short_enough = 200 // (launch.SCAN_COLUMNS_PER_SLOT * launch.SCAN_THREADS)
+    assert calls == [k for k in (3, 12) if k <= short_enough]
+    launch.topk_rows(scores, 3, True, ids=np.zeros(scores.shape, np.int64))  # merges: never
+    assert calls == [k for k in (3, 12) if k <= short_enough]
+
+
+def test_first_pass_refuses_what_it_cannot_do(launch):
+    scores = np.zeros((2, 100), np.float32)
+    with pytest.raises(ValueError, match="no ids and k <= 32"):
+        launch.topk_rows(scores, 33, True, first_pass=True)
+    with pytest.raises(ValueError, match="no ids"):
+        launch.topk_rows(scores, 3, True, ids=np.zeros((2, 100), np.int64), first_pass=True)
+    scores, ids = launch.topk_rows(np.empty((2, 0), np.float32), 3, True, first_pass=True)
+    assert np.isnan(scores).all() and (ids == -1).all()
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("k", [1, 10, 32])
+def test_first_pass_on_gpu_sized_rows(launch, k):
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 50_000, (40, 300_000)).astype(np.float32)  # ties at every k
+    scores[0, ::3] = np.nan
+    exclude = rng.integers(-1, 300_000, 40)
+    first = launch.topk_rows(scores, k, True, exclude=exclude, first_pass=True)
+    exact = launch.topk_rows(scores, k, True, exclude=exclude, first_pass=False)
+    masked = scores.copy()
+    masked[np.arange(40)[exclude >= 0], exclude[exclude >= 0]] = np.nan
+    want = _lexsort_topk(masked, np.broadcast_to(np.arange(300_000), scores.shape), k, True)
+    for got in (first, exact):
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
 
 
 @pytest.mark.parametrize("norm", ["l2", "l1", "max"])
@@ -162,7 +248,7 @@ PTX_CHECK = textwrap.dedent(
 
     import numba.cuda.dispatcher
     from numba import cuda
-    from numba_kernels import norms, pairwise, select
+    from numba_kernels import norms, pairwise, scan, select
 
     # Device functions ask the current GPU for its compute capability; there is none here.
     numba.cuda.dispatcher.get_current_device = lambda: types.SimpleNamespace(
@@ -178,6 +264,9 @@ PTX_CHECK = textwrap.dedent(
              f"void({f}[:, ::1], {u}[:, ::1], int64[:, ::1], boolean, int64[::1], boolean,"
              f" boolean, int64, int64, uint64[:, ::1], int64[:, ::1], int64[:, ::1],"
              f" {f}[:, ::1], int64[:, ::1])"),
+            (scan.thread_best_kernel(32 if f == "float32" else 64),
+             f"void({f}[:, ::1], int64[::1], boolean, boolean, int64, int64, {f}[:, ::1],"
+             f" int64[:, ::1])"),
         ]
         for kernel, sig in sigs:
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
@@ -196,7 +285,7 @@ def test_every_kernel_compiles_to_ptx():
         [sys.executable, "-c", PTX_CHECK], env=env, capture_output=True, text=True, timeout=240
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("\n") == 8, done.stdout
+    assert done.stdout.count("\n") == 10, done.stdout
 
 
 def test_cuda_backend_reports_itself_available():
