@@ -18,6 +18,7 @@ Our results are checked against the recipe's and against float64 on a sample of 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 
@@ -140,12 +141,15 @@ def _profile(q, db, args) -> list[dict]:
     timed(f"one chunk: q @ chunk.T ({args.chunk_rows} rows)", lambda: q @ chunk.T)
     timed("one chunk: row norms kernel", lambda: launch.row_norms(chunk, "l2"))
     timed("one chunk: normalize kernel", lambda: launch.normalize_rows(chunk, "l2"))
+    timed("launch cost: row norms kernel on 8 rows", lambda: launch.row_norms(chunk[:8], "l2"))
+    timed("launch cost: cupy einsum norms on 8 rows",
+          lambda: cupy.sqrt(cupy.einsum("ij,ij->i", chunk[:8], chunk[:8])))
     timed("one chunk: cupy norms (einsum)", lambda: cupy.sqrt(cupy.einsum("ij,ij->i", chunk, chunk)))
     for k in args.k:
         timed(f"one chunk: topk_rows k={k}, exact selection alone",
               lambda k=k: launch.topk_rows(scores, k, True, first_pass=False), k=k)
     default_threads = launch.SCAN_THREADS
-    for threads in (64, 128, 256):
+    for threads in (128, 256):
         launch.SCAN_THREADS = threads
         for k in (1, 10, 32):
             timed(f"one chunk: topk_rows k={k}, first pass, {threads} threads/block",
@@ -184,8 +188,7 @@ def first_call_dask(q, db, k, chunk_rows):
 def _without_finiteness_checks(run, *args):
     """``run(*args)`` with the pair tasks' finiteness checks off: each reads a flag back from the
     GPU, which waits for all the work queued before it. A diagnostic of what they cost."""
-    from dask_vecops.graph import topk
-
+    topk = importlib.import_module("dask_vecops.graph.topk")
     saved = topk.finite_mask, topk._all_finite_norms
     topk.finite_mask, topk._all_finite_norms = (lambda *a: None), (lambda norms: True)
     try:

@@ -30,13 +30,15 @@ config.CUDA_LOW_OCCUPANCY_WARNINGS = False
 # Threads per block: a row's work is split among them (selection reads long score rows; norms read
 # one vector, for which one warp is enough).
 ROW_THREADS = 2 if SIMULATOR else 256
-SCAN_THREADS = 2 if SIMULATOR else 128
+SCAN_THREADS = 4 if SIMULATOR else 256
 NORM_THREADS = 2 if SIMULATOR else 32
 NORM_ROWS = 2 if SIMULATOR else 8  # rows per block of the norm kernels, a warp each
-# The first pass (:mod:`numba_kernels.scan`) pays when each thread's list of k is offered many
-# times its length; the blocks it launches should fill the GPU several times over.
-SCAN_COLUMNS_PER_SLOT = 8
-SCAN_BLOCKS_PER_SM = 8
+# The first pass (:mod:`numba_kernels.scan`): each thread should read many columns (its maximum
+# is what the bar is made of); its blocks should fill the GPU; its buffer holds the entries that
+# reach a segment's bar (entries of 16 bytes in shared memory).
+SCAN_COLUMNS_PER_THREAD = 16
+SCAN_BLOCKS_PER_SM = 4
+SCAN_CAPACITY = 64 if SIMULATOR else 1024
 PAIR_TILE = 4 if SIMULATOR else 16
 _SIMULATOR_LOCK = threading.Lock()
 
@@ -180,9 +182,9 @@ def topk_rows(scores, k: int, larger_better: bool, exclude=None, ids=None, first
 
     ids are column positions, or taken from ``ids`` (same shape as ``scores``) when given.
     ``exclude`` holds for each row a column to leave out (-1: none). NaN scores are never chosen;
-    missing entries are padding (score NaN, id -1). ``first_pass`` reads the rows once with
-    :mod:`numba_kernels.scan` to cut them to candidates before the exact selection (``None``:
-    when the rows are long for k; only for column positions and k up to ``scan.MAX_SLOTS``).
+    missing entries are padding (score NaN, id -1). ``first_pass`` cuts long rows to a few
+    candidates with :mod:`numba_kernels.scan` before the exact selection (``None``: when the rows
+    are long for k; only for column positions and k up to ``scan.MAX_K``).
 
     Examples
     --------
@@ -199,40 +201,42 @@ def topk_rows(scores, k: int, larger_better: bool, exclude=None, ids=None, first
     scores = xp.ascontiguousarray(scores)
     take = min(k, scores.shape[1])
     if first_pass is None:
-        first_pass = ids is None and take <= scan.MAX_SLOTS and (
-            scores.shape[1] >= SCAN_COLUMNS_PER_SLOT * SCAN_THREADS * take
+        first_pass = ids is None and take <= scan.MAX_K and (
+            scores.shape[1] >= SCAN_COLUMNS_PER_THREAD * SCAN_THREADS
         )
-    if first_pass:
-        if ids is not None or take > scan.MAX_SLOTS:
-            raise ValueError(f"the first pass takes no ids and k <= {scan.MAX_SLOTS}")
-        if len(scores) and take:
-            scores, ids = _thread_best(scores, take, larger_better, exclude)
-            exclude = None
-    return _select(scores, k, larger_better, exclude, ids)
+    if not first_pass:
+        return _select(scores, k, larger_better, exclude, ids)
+    if ids is not None or take > scan.MAX_K:
+        raise ValueError(f"the first pass takes no ids and k <= {scan.MAX_K}")
+    if not len(scores) or not take:
+        return _select(scores, k, larger_better, exclude, ids)
+    return _first_pass(scores, k, take, larger_better, exclude)
 
 
-def _thread_best(scores, take, larger_better, exclude):
-    """Candidates for each row's best ``take``: every scan thread's best ``take`` columns."""
+def _first_pass(scores, k, take, larger_better, exclude):
+    """Top-k through the bar kernel: each segment's best ``take``, merged when a row has several
+    segments; rows whose buffer overflowed are redone by the exact selection."""
     xp = array_module(scores)
     rows, cols = scores.shape
-    parts = _scan_parts(rows, cols, take)
+    parts = _scan_parts(rows, cols)
     segment = SCAN_THREADS * math.ceil(cols / (parts * SCAN_THREADS))
     parts = math.ceil(cols / segment)
-    width = parts * SCAN_THREADS * take
-    cand_score = xp.empty((rows, width), dtype=scores.dtype)
-    cand_id = xp.empty((rows, width), dtype=np.int64)
+    best = xp.empty((rows, parts * take), dtype=scores.dtype), xp.empty((rows, parts * take), np.int64)
+    overflow = xp.zeros(rows, dtype=np.int32)
     skip = xp.asarray(exclude, dtype=np.int64) if exclude is not None else xp.empty(1, np.int64)
-    kernel = scan.thread_best_kernel(8 * scores.dtype.itemsize)
+    kernel = scan.bar_select_kernel(8 * scores.dtype.itemsize, SCAN_CAPACITY)
     _launch(
-        kernel, (rows, parts), SCAN_THREADS, scores, skip, exclude is not None, larger_better,
-        take, segment, cand_score, cand_id,
+        kernel, (rows, parts), SCAN_THREADS, scores, _bits(scores), skip, exclude is not None,
+        larger_better, take, segment, *best, overflow,
     )
-    return cand_score, cand_id
+    if parts > 1 or take < k:
+        best = _select(best[0], k, larger_better, None, best[1])
+    return _select(scores, k, larger_better, exclude, None, out=best, only=overflow)
 
 
-def _scan_parts(rows, cols, take) -> int:
-    """Segments per row: enough blocks to fill the GPU while each slot is offered many columns."""
-    most = max(1, cols // (SCAN_COLUMNS_PER_SLOT * SCAN_THREADS * take))
+def _scan_parts(rows, cols) -> int:
+    """Segments per row: enough blocks to fill the GPU, each thread reading many columns."""
+    most = max(1, cols // (SCAN_COLUMNS_PER_THREAD * SCAN_THREADS))
     wanted = math.ceil(SCAN_BLOCKS_PER_SM * _multiprocessors() / rows)
     return max(1, min(most, wanted))
 
@@ -246,21 +250,28 @@ def _multiprocessors() -> int:
     return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
-def _select(scores, k, larger_better, exclude, ids):
-    """The exact selection (:mod:`numba_kernels.select`): radix select, gather, sort."""
+def _bits(scores):
+    """The scores' bit patterns, as unsigned integers of their width."""
+    return scores.view(np.uint32 if scores.dtype.itemsize == 4 else np.uint64)
+
+
+def _select(scores, k, larger_better, exclude, ids, out=None, only=None):
+    """The exact selection (:mod:`numba_kernels.select`): radix select, gather, sort. With
+    ``only``, just the flagged rows, into ``out``."""
     xp = array_module(scores)
     rows, cols = scores.shape
     take = min(k, cols)
     width = 1 << max(take - 1, 0).bit_length()
     work = [xp.empty((rows, width), dtype=t) for t in (np.uint64, np.int64, np.int64)]
-    out = xp.empty((rows, k), dtype=scores.dtype), xp.empty((rows, k), dtype=np.int64)
+    if out is None:
+        out = xp.empty((rows, k), dtype=scores.dtype), xp.empty((rows, k), dtype=np.int64)
     if rows:
-        bits = scores.view(np.uint32 if scores.dtype.itemsize == 4 else np.uint64)
         ids_arg = xp.ascontiguousarray(ids, dtype=np.int64) if ids is not None else xp.empty((1, 1), np.int64)
         skip = xp.asarray(exclude, dtype=np.int64) if exclude is not None else xp.empty(1, np.int64)
+        flags = only if only is not None else xp.empty(1, np.int32)
         kernel = select.topk_rows_kernel(8 * scores.dtype.itemsize)
         _launch(
-            kernel, rows, ROW_THREADS, scores, bits, ids_arg, ids is not None, skip,
-            exclude is not None, larger_better, take, k, *work, *out,
+            kernel, rows, ROW_THREADS, scores, _bits(scores), ids_arg, ids is not None, skip,
+            exclude is not None, larger_better, take, k, *work, *out, only is not None, flags,
         )
     return out

@@ -102,13 +102,15 @@ def topk_rows_kernel(nbits: int):
 
     @cuda.jit
     def topk_rows(scores, bits, ids, has_ids, exclude, has_exclude, larger_better, take, k,
-                  work_key, work_id, work_col, out_score, out_id):
-        """Best ``take`` (<= k) entries of each row of ``scores``, sorted; the rest is padding."""
+                  work_key, work_id, work_col, out_score, out_id, has_only, only):
+        """Best ``take`` (<= k) entries of each row of ``scores``, sorted; the rest is padding.
+        With ``has_only``, only the rows whose ``only`` flag is set (the others are left as
+        they are)."""
         hist = cuda.shared.array(BINS, dtype=np.int32)
         state = cuda.shared.array(3, dtype=np.int64)
         count = cuda.shared.array(1, dtype=np.int32)
         row = cuda.blockIdx.x
-        if row >= scores.shape[0]:
+        if row >= scores.shape[0] or (has_only and only[row] == 0):
             return
         t = cuda.threadIdx.x
         threads = cuda.blockDim.x

@@ -143,29 +143,37 @@ def test_topk_rows_empty_inputs(launch):
 
 def _hard_rows(rng, dtype, cols):
     """Score rows that test selection: exact ties everywhere, NaN, -0.0, infinities, short rows."""
-    scores = rng.integers(0, 6, (6, cols)).astype(dtype)
+    scores = rng.integers(0, 6, (7, cols)).astype(dtype)
     scores[0, ::7] = -0.0
     scores[1, ::2] = np.nan
     scores[2, : cols - 3] = np.nan  # fewer numbers than k
     scores[3, ::5] = np.inf
     scores[3, 1::5] = -np.inf
     scores[4] = np.nan  # nothing to choose
+    scores[5] = 1.5  # every entry reaches any bar: the first pass's buffer overflows
     return scores
+
+
+def _masked(scores, exclude):
+    masked = scores.copy()
+    for row, col in enumerate(exclude):
+        if 0 <= col < scores.shape[1]:
+            masked[row, col] = np.nan
+    return masked
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("larger_better", [True, False])
 @pytest.mark.parametrize("k", [1, 4, 32])
-def test_first_pass_keeps_the_exact_top_k(launch, dtype, larger_better, k):
+@pytest.mark.parametrize("blocks_per_sm", [1, 64], ids=["one-segment", "segments"])
+def test_first_pass_keeps_the_exact_top_k(launch, monkeypatch, dtype, larger_better, k, blocks_per_sm):
+    monkeypatch.setattr(launch, "SCAN_BLOCKS_PER_SM", blocks_per_sm)
     rng = np.random.default_rng(k)
     scores = _hard_rows(rng, dtype, 300)
-    exclude = np.array([5, -1, 299, 0, 3, 1000])
+    exclude = np.array([5, -1, 299, 0, 3, 1000, 7])
     got = launch.topk_rows(scores, k, larger_better, exclude=exclude, first_pass=True)
-    masked = scores.copy()
-    for row, col in enumerate(exclude):
-        if 0 <= col < scores.shape[1]:
-            masked[row, col] = np.nan
-    want = _lexsort_topk(masked, np.broadcast_to(np.arange(300), scores.shape), k, larger_better)
+    ids = np.broadcast_to(np.arange(300), scores.shape)
+    want = _lexsort_topk(_masked(scores, exclude), ids, k, larger_better)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
     assert np.signbit(got[0]).tolist() == np.signbit(want[0]).tolist()  # -0.0 keeps its bits
@@ -173,17 +181,18 @@ def test_first_pass_keeps_the_exact_top_k(launch, dtype, larger_better, k):
 
 def test_first_pass_is_chosen_for_long_rows_and_small_k(launch, monkeypatch):
     calls = []
-    thread_best = launch._thread_best
-    monkeypatch.setattr(launch, "_thread_best", lambda *a: calls.append(a[1]) or thread_best(*a))
-    scores = _hard_rows(np.random.default_rng(0), np.float32, 200)
-    for k in (3, 12, 33):
+    first_pass = launch._first_pass
+    monkeypatch.setattr(launch, "_first_pass", lambda *a: calls.append(a[2]) or first_pass(*a))
+    long_enough = launch.SCAN_COLUMNS_PER_THREAD * launch.SCAN_THREADS
+    scores = _hard_rows(np.random.default_rng(0), np.float32, long_enough)
+    ids = np.broadcast_to(np.arange(long_enough), scores.shape)
+    for k in (3, 32, 33):
         got = launch.topk_rows(scores, k, True)
-        want = _lexsort_topk(scores, np.broadcast_to(np.arange(200), scores.shape), k, True)
-        np.testing.assert_array_equal(got[1], want[1])
-    short_enough = 200 // (launch.SCAN_COLUMNS_PER_SLOT * launch.SCAN_THREADS)
-    assert calls == [k for k in (3, 12) if k <= short_enough]
-    launch.topk_rows(scores, 3, True, ids=np.zeros(scores.shape, np.int64))  # merges: never
-    assert calls == [k for k in (3, 12) if k <= short_enough]
+        np.testing.assert_array_equal(got[1], _lexsort_topk(scores, ids, k, True)[1])
+    assert calls == [3, 32]
+    launch.topk_rows(scores, 3, True, ids=np.ascontiguousarray(ids))  # merges: never
+    launch.topk_rows(scores[:, :-1], 3, True)  # rows too short
+    assert calls == [3, 32]
 
 
 def test_first_pass_refuses_what_it_cannot_do(launch):
@@ -203,12 +212,13 @@ def test_first_pass_on_gpu_sized_rows(launch, k):
     rng = np.random.default_rng(k)
     scores = rng.integers(0, 50_000, (40, 300_000)).astype(np.float32)  # ties at every k
     scores[0, ::3] = np.nan
+    scores[1] = 7.0  # every segment's buffer overflows: the exact selection redoes the row
+    scores[2, 1000:] = np.nan  # segments with nothing to choose
     exclude = rng.integers(-1, 300_000, 40)
     first = launch.topk_rows(scores, k, True, exclude=exclude, first_pass=True)
     exact = launch.topk_rows(scores, k, True, exclude=exclude, first_pass=False)
-    masked = scores.copy()
-    masked[np.arange(40)[exclude >= 0], exclude[exclude >= 0]] = np.nan
-    want = _lexsort_topk(masked, np.broadcast_to(np.arange(300_000), scores.shape), k, True)
+    ids = np.broadcast_to(np.arange(300_000), scores.shape)
+    want = _lexsort_topk(_masked(scores, exclude), ids, k, True)
     for got in (first, exact):
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
@@ -263,10 +273,10 @@ PTX_CHECK = textwrap.dedent(
             (select.topk_rows_kernel(32 if f == "float32" else 64),
              f"void({f}[:, ::1], {u}[:, ::1], int64[:, ::1], boolean, int64[::1], boolean,"
              f" boolean, int64, int64, uint64[:, ::1], int64[:, ::1], int64[:, ::1],"
-             f" {f}[:, ::1], int64[:, ::1])"),
-            (scan.thread_best_kernel(32 if f == "float32" else 64),
-             f"void({f}[:, ::1], int64[::1], boolean, boolean, int64, int64, {f}[:, ::1],"
-             f" int64[:, ::1])"),
+             f" {f}[:, ::1], int64[:, ::1], boolean, int32[::1])"),
+            (scan.bar_select_kernel(32 if f == "float32" else 64, 1024),
+             f"void({f}[:, ::1], {u}[:, ::1], int64[::1], boolean, boolean, int64, int64,"
+             f" {f}[:, ::1], int64[:, ::1], int32[::1])"),
         ]
         for kernel, sig in sigs:
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
