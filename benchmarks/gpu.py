@@ -173,10 +173,14 @@ def _profile(q, db, args) -> list[dict]:
             for chunk_rows in (100_000, 250_000, 1_000_000):
                 timed(f"dask, k=10, scheduler={scheduler}, chunks of {chunk_rows} rows",
                       lambda c=chunk_rows: _ours_dask(q, db, 10, c))
-    timed("dask, k=10, first call, chunks of 100000 rows (diagnostic: no finiteness checks)",
-          lambda: _without_finiteness_checks(first_call_dask, q, db, 10, args.chunk_rows))
-    timed("dask, k=10, norms cached, chunks of 100000 rows (diagnostic: no finiteness checks)",
-          lambda: _without_finiteness_checks(_ours_dask, q, db, 10, args.chunk_rows))
+    for workers in (2, 4):
+        with dask.config.set(scheduler="threads", num_workers=workers):
+            timed(f"dask, k=10, scheduler=threads, {workers} workers, chunks of 100000 rows",
+                  lambda: _ours_dask(q, db, 10, args.chunk_rows))
+    timed("dask, k=10, first call, chunks of 100000 rows, checks read at once (A/B)",
+          lambda: _checks_at_once(first_call_dask, q, db, 10, args.chunk_rows))
+    timed("dask, k=10, norms cached, chunks of 100000 rows, checks read at once (A/B)",
+          lambda: _checks_at_once(_ours_dask, q, db, 10, args.chunk_rows))
     return rows
 
 
@@ -185,16 +189,16 @@ def first_call_dask(q, db, k, chunk_rows):
     return _ours_dask(q, db, k, chunk_rows)
 
 
-def _without_finiteness_checks(run, *args):
-    """``run(*args)`` with the pair tasks' finiteness checks off: each reads a flag back from the
-    GPU, which waits for all the work queued before it. A diagnostic of what they cost."""
+def _checks_at_once(run, *args):
+    """``run(*args)`` with each pair task reading its finiteness checks back from the GPU, as
+    before the checks were deferred to the last merge (the A/B of that change)."""
     topk = importlib.import_module("dask_vecops.graph.topk")
-    saved = topk.finite_mask, topk._all_finite_norms
-    topk.finite_mask, topk._all_finite_norms = (lambda *a: None), (lambda norms: True)
+    saved = topk._defers_checks
+    topk._defers_checks = lambda db, nan_policy: False
     try:
         return run(*args)
     finally:
-        topk.finite_mask, topk._all_finite_norms = saved
+        topk._defers_checks = saved
 
 
 def _check(q, db, k, args) -> None:

@@ -115,9 +115,13 @@ def finite_mask(x, row_ids, name: str, nan_policy: str) -> np.ndarray | None:
     if not bad.any():
         return None
     if nan_policy == "raise":
-        row = int(row_ids[np.argmax(bad)])
-        raise NonFiniteError(
-            f"row {row} of {name} contains NaN or inf; "
-            "pass nan_policy='omit' to skip such rows, or clean the data"
-        )
+        raise nonfinite_error(int(row_ids[np.argmax(bad)]), name)
     return ~bad
+
+
+def nonfinite_error(row: int, name: str) -> NonFiniteError:
+    """The error for global row ``row`` of the input called ``name`` holding a NaN or an inf."""
+    return NonFiniteError(
+        f"row {row} of {name} contains NaN or inf; "
+        "pass nan_policy='omit' to skip such rows, or clean the data"
+    )
