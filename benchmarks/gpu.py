@@ -169,17 +169,18 @@ def _profile(q, db, args) -> list[dict]:
           lambda: cuda_backend.topk_block(q, chunk, 10, "cosine", db_norms=norms))
     timed("whole database: topk_block k=10", lambda: cuda_backend.topk_block(q, db, 10, "cosine"))
     for scheduler in ("sync", "threads"):
-        with dask.config.set(scheduler=scheduler):
-            for chunk_rows in (100_000, 250_000, 1_000_000):
-                timed(f"dask, k=10, scheduler={scheduler}, chunks of {chunk_rows} rows",
-                      lambda c=chunk_rows: _ours_dask(q, db, 10, c))
+        for task_bytes in ("0", "1GiB", "2GiB"):
+            config = {"scheduler": scheduler, "vecops.gpu-task-bytes": task_bytes}
+            with dask.config.set(config):
+                timed(f"dask, k=10, scheduler={scheduler}, gpu-task-bytes={task_bytes}",
+                      lambda: _ours_dask(q, db, 10, args.chunk_rows))
     for workers in (2, 4):
         with dask.config.set(scheduler="threads", num_workers=workers):
-            timed(f"dask, k=10, scheduler=threads, {workers} workers, chunks of 100000 rows",
+            timed(f"dask, k=10, scheduler=threads, {workers} workers",
                   lambda: _ours_dask(q, db, 10, args.chunk_rows))
-    timed("dask, k=10, first call, chunks of 100000 rows, checks read at once (A/B)",
+    timed("dask, k=10, first call, checks read at once (A/B)",
           lambda: _checks_at_once(first_call_dask, q, db, 10, args.chunk_rows))
-    timed("dask, k=10, norms cached, chunks of 100000 rows, checks read at once (A/B)",
+    timed("dask, k=10, norms cached, checks read at once (A/B)",
           lambda: _checks_at_once(_ours_dask, q, db, 10, args.chunk_rows))
     return rows
 

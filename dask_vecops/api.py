@@ -187,10 +187,13 @@ def topk(
     q, db = _as_float(q, db)
     module = _backend(backend, q, db, operation="topk")
     split_every = int(_config.get("split-every", split_every))
-    # A GPU is parallel inside each task: splitting the queries for more tasks would only add passes.
-    db_chunks = max(db.numblocks[0], _cores()) if _on_gpu(q, db) else db.numblocks[0]
+    # A GPU is parallel inside each task: splitting the queries for more tasks would only add
+    # passes, and a task may search several database chunks.
+    on_gpu = _on_gpu(q, db)
+    db_chunks = max(db.numblocks[0], _cores()) if on_gpu else db.numblocks[0]
     return graph.topk(
         _batch_queries(q, db_chunks), db, k, metric,
+        task_bytes=_config.bytes_value("gpu-task-bytes") if on_gpu else 0,
         topk_block=module.topk_block, merge_topk=module.merge_topk,
         nan_policy=_nan_policy(nan_policy), self_join=self_join, split_every=split_every,
         names=("x", "x") if self_join else ("queries", "database"),

@@ -47,18 +47,20 @@ def topk(
     split_every: int | None = None,
     names=("queries", "database"),
     norm_cache_bytes: int = 0,
+    task_bytes: int = 0,
 ) -> tuple[da.Array, da.Array]:
     """Lazy ``(scores, ids)``, each ``(len(q), k)``: the best ``k`` rows of ``db`` for each row of ``q``.
 
     With ``self_join`` the rows of ``q`` are the rows of ``db`` and each query skips itself.
-    Up to ``norm_cache_bytes`` of database norms are kept per process for later searches.
+    Up to ``norm_cache_bytes`` of database norms are kept per process for later searches. With
+    ``task_bytes``, a pair task searches consecutive database chunks joined up to that size.
     """
     q = q.rechunk({1: -1}) if q.numblocks[1] > 1 else q
     db = db.rechunk({1: -1}) if db.numblocks[1] > 1 else db
     split_every = _split_every(split_every)
     token = tokenize(
         q.name, db.name, k, metric, nan_policy, self_join, split_every, names, norm_cache_bytes,
-        _function_token(topk_block), _function_token(merge_topk),
+        _function_token(topk_block), _function_token(merge_topk), task_bytes,
     )
     pair_name, merge_name = f"vecops-topk-{token}", f"vecops-topk-merge-{token}"
     score_name, id_name = f"vecops-topk-scores-{token}", f"vecops-topk-ids-{token}"
@@ -74,11 +76,14 @@ def topk(
         _merge, merge_topk=merge_topk, k=k, metric=metric, backend=backend, names=names
     )
     databases = _database_per_batch(db, q.numblocks[0])
+    groups = _chunk_groups(db, task_bytes)
     tasks, picks = {}, {score_name: {}, id_name: {}}
     for i, (q0, q1) in enumerate(_starts(q.chunks[0])):
         pairs = {
-            (pair_name, i, j): (pair, (q.name, i, 0), q0, q1, (databases[i].name, j, 0), d0, d1)
-            for j, (d0, d1) in enumerate(_starts(db.chunks[0]))
+            (pair_name, i, g): (
+                pair, (q.name, i, 0), q0, q1, [(databases[i].name, j, 0) for j in chunks], d0, d1
+            )
+            for g, (chunks, d0, d1) in enumerate(groups)
         }
         tasks.update(pairs)
         last = partial(merge, bars_key=(search_token, q0))
@@ -108,6 +113,21 @@ def _database_per_batch(db: da.Array, batches: int) -> list[da.Array]:
     if batches == 1:
         return [db]
     return [db, *(clone(db, seed=i) for i in range(1, batches))]
+
+
+def _chunk_groups(db: da.Array, task_bytes: int) -> list[tuple[range, int, int]]:
+    """``(chunk indices, first row, end row)`` of the database each pair task searches:
+    consecutive chunks up to ``task_bytes`` together (at least one chunk; 0: one each)."""
+    row_bytes = db.shape[1] * db.dtype.itemsize
+    groups, first, size = [], 0, 0
+    starts = _starts(db.chunks[0])
+    for j, (d0, d1) in enumerate(starts):
+        if j > first and size + (d1 - d0) * row_bytes > task_bytes:
+            groups.append((range(first, j), starts[first][0], d0))
+            first, size = j, 0
+        size += (d1 - d0) * row_bytes
+    groups.append((range(first, len(starts)), starts[first][0], db.shape[0]))
+    return groups
 
 
 def _merge_tree(merge, parts: list, final: tuple, split_every: int, last) -> dict:
@@ -167,6 +187,7 @@ def _topk_pair(
     # Ranges until rows are dropped: a pair task runs once per chunk, and an array of a
     # chunk's row ids (800 kB for 100,000 rows) cost it more than the rest of its Python.
     q_rows, db_rows = range(q0, q1), range(d0, d1)
+    db = _joined(db)
     bars_key = (search_token, q0)
     bars = BARS.get(bars_key)
     deferred = _defers_checks(db, nan_policy)
@@ -192,6 +213,13 @@ def _topk_pair(
     scores, ids = _with_all_queries(scores, ids, keep_q)
     BARS.publish(bars_key, scores, metric)
     return scores, ids, problems
+
+
+def _joined(blocks: list):
+    """One block of a pair task's database chunks (joined on their device when several)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return array_module(blocks[0]).concatenate(blocks)
 
 
 def _defers_checks(db, nan_policy: str) -> bool:
