@@ -221,7 +221,8 @@ def _first_pass(scores, k, take, larger_better, exclude):
     parts = _scan_parts(rows, cols)
     segment = SCAN_THREADS * math.ceil(cols / (parts * SCAN_THREADS))
     parts = math.ceil(cols / segment)
-    best = xp.empty((rows, parts * take), dtype=scores.dtype), xp.empty((rows, parts * take), np.int64)
+    width = parts * take
+    best = xp.empty((rows, width), dtype=scores.dtype), xp.empty((rows, width), dtype=np.int64)
     overflow = xp.zeros(rows, dtype=np.int32)
     skip = xp.asarray(exclude, dtype=np.int64) if exclude is not None else xp.empty(1, np.int64)
     kernel = scan.bar_select_kernel(8 * scores.dtype.itemsize, SCAN_CAPACITY)

@@ -166,7 +166,9 @@ def _masked(scores, exclude):
 @pytest.mark.parametrize("larger_better", [True, False])
 @pytest.mark.parametrize("k", [1, 4, 32])
 @pytest.mark.parametrize("blocks_per_sm", [1, 64], ids=["one-segment", "segments"])
-def test_first_pass_keeps_the_exact_top_k(launch, monkeypatch, dtype, larger_better, k, blocks_per_sm):
+def test_first_pass_keeps_the_exact_top_k(
+    launch, monkeypatch, dtype, larger_better, k, blocks_per_sm
+):
     monkeypatch.setattr(launch, "SCAN_BLOCKS_PER_SM", blocks_per_sm)
     rng = np.random.default_rng(k)
     scores = _hard_rows(rng, dtype, 300)

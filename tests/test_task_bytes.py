@@ -31,7 +31,9 @@ def search(q, db, k, metric, backend, task_bytes, self_join=False):
 
 
 def pair_tasks(result) -> list:
-    return [key for key in dict(result[0].__dask_graph__()) if key[0].startswith("vecops-topk-") and key[0].count("-") == 2]
+    """Keys of the pair tasks (``vecops-topk-<token>``; merges and picks have longer names)."""
+    keys = dict(result[0].__dask_graph__())
+    return [key for key in keys if key[0].startswith("vecops-topk-") and key[0].count("-") == 2]
 
 
 @pytest.mark.parametrize(
@@ -63,7 +65,8 @@ def test_joined_chunks_give_the_same_bits(backend, metric, task_bytes, self_join
     queries = darr if self_join else chunk(q)
     joined = search(queries, darr, 6, metric, backend, task_bytes, self_join)
     one_each = search(queries, darr, 6, metric, backend, 0, self_join)
-    assert len(pair_tasks(joined)) == len(topk_graph._chunk_groups(darr, task_bytes)) * queries.numblocks[0]
+    groups = topk_graph._chunk_groups(darr, task_bytes)
+    assert len(pair_tasks(joined)) == len(groups) * queries.numblocks[0]
     got = check_topk(joined, q, db, 6, metric, exclude_self=self_join)
     want = dask.compute(*one_each)
     np.testing.assert_array_equal(got[1], want[1])
