@@ -23,33 +23,13 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from ._device import KeyBits, order_key
+from .select import sort_by_key_and_id
 
 # The largest k this pass serves: the bar needs a thread maximum for each of the best k.
 MAX_K = 32
 # The most threads a block of this kernel may have (the buffer of their maxima).
 MAX_THREADS = 256
 _NO_COLUMN = np.iinfo(np.int64).max
-
-
-@cuda.jit(device=True)
-def _sort_pairs(keys, cols, size):
-    """Sort ``keys[:size]`` (a power of two) ascending by (key, column), moving ``cols``: a
-    bitonic sort by the whole block, in shared memory."""
-    t = cuda.threadIdx.x
-    span = 2
-    while span <= size:
-        stride = span // 2
-        while stride > 0:
-            for i in range(t, size // 2, cuda.blockDim.x):
-                lo = 2 * stride * (i // stride) + i % stride
-                hi = lo + stride
-                after = keys[lo] > keys[hi] or (keys[lo] == keys[hi] and cols[lo] > cols[hi])
-                if after == ((lo & span) == 0):
-                    keys[lo], keys[hi] = keys[hi], keys[lo]
-                    cols[lo], cols[hi] = cols[hi], cols[lo]
-            cuda.syncthreads()  # this compare-exchange step is done everywhere
-            stride //= 2
-        span *= 2
 
 
 @functools.cache
@@ -172,7 +152,7 @@ def bar_select_kernel(nbits: int, capacity: int):
             keys[i] = all_ones
             cols[i] = _NO_COLUMN
         cuda.syncthreads()  # the buffer is padded to a power of two
-        _sort_pairs(keys, cols, size)
+        sort_by_key_and_id(keys, cols, None, size)
         for i in range(t, take, step):
             if i < found:
                 out_score[row, base + i] = scores[row, cols[i]]  # the original bits

@@ -57,8 +57,9 @@ def _clear(hist):
 
 
 @cuda.jit(device=True)
-def _bitonic_sort(keys, ids, cols, row, size):
-    """Sort ``keys[row, :size]`` (a power of two) ascending by (key, id), moving ids and cols."""
+def sort_by_key_and_id(keys, ids, moved, size):
+    """Sort ``keys[:size]`` (a power of two) ascending by (key, id), moving ``ids`` and, unless it
+    is None, ``moved``: a bitonic sort by the whole block (every thread must call it)."""
     t = cuda.threadIdx.x
     span = 2
     while span <= size:
@@ -67,15 +68,13 @@ def _bitonic_sort(keys, ids, cols, row, size):
             for i in range(t, size // 2, cuda.blockDim.x):
                 lo = 2 * stride * (i // stride) + i % stride
                 hi = lo + stride
-                ascending = (lo & span) == 0
-                lo_after = keys[row, lo] > keys[row, hi] or (
-                    keys[row, lo] == keys[row, hi] and ids[row, lo] > ids[row, hi]
-                )
-                if lo_after == ascending:
-                    keys[row, lo], keys[row, hi] = keys[row, hi], keys[row, lo]
-                    ids[row, lo], ids[row, hi] = ids[row, hi], ids[row, lo]
-                    cols[row, lo], cols[row, hi] = cols[row, hi], cols[row, lo]
-            cuda.syncthreads()  # this compare-exchange step is done everywhere in the row
+                after = keys[lo] > keys[hi] or (keys[lo] == keys[hi] and ids[lo] > ids[hi])
+                if after == ((lo & span) == 0):
+                    keys[lo], keys[hi] = keys[hi], keys[lo]
+                    ids[lo], ids[hi] = ids[hi], ids[lo]
+                    if moved is not None:
+                        moved[lo], moved[hi] = moved[hi], moved[lo]
+            cuda.syncthreads()  # this compare-exchange step is done everywhere
             stride //= 2
         span *= 2
 
@@ -195,7 +194,7 @@ def topk_rows_kernel(nbits: int):
             work_col[row, i] = -1
         cuda.syncthreads()  # the scratch row is filled
 
-        _bitonic_sort(work_key, work_id, work_col, row, width)
+        sort_by_key_and_id(work_key[row], work_id[row], work_col[row], width)
         for i in range(t, k, threads):
             if i < take and work_key[row, i] != all_ones:
                 out_score[row, i] = scores[row, work_col[row, i]]
