@@ -191,9 +191,9 @@ def topk(
     # passes, and a task may search several database chunks.
     on_gpu = _on_gpu(q, db)
     db_chunks = max(db.numblocks[0], _cores()) if on_gpu else db.numblocks[0]
+    q = _batch_queries(q, db_chunks)
     return graph.topk(
-        _batch_queries(q, db_chunks), db, k, metric,
-        task_bytes=_config.bytes_value("gpu-task-bytes") if on_gpu else 0,
+        q, db, k, metric, task_bytes=_task_bytes(q, db, on_gpu),
         topk_block=module.topk_block, merge_topk=module.merge_topk,
         nan_policy=_nan_policy(nan_policy), self_join=self_join, split_every=split_every,
         names=("x", "x") if self_join else ("queries", "database"),
@@ -236,6 +236,44 @@ def _batch_queries(q: da.Array, db_chunks: int) -> da.Array:
 
 # Below this many queries a batch is not worth another pass over the database.
 _MIN_BATCH_ROWS = 256
+
+
+def _task_bytes(q: da.Array, db: da.Array, on_gpu: bool) -> int:
+    """Database bytes one top-k task searches (``graph.topk``'s ``task_bytes``; 0: a chunk each).
+
+    On a GPU, ``vecops.gpu-task-bytes``. On the CPU, a search of a few queries takes a few
+    milliseconds a chunk, of which Dask's scheduling of each task is a good part: such tasks
+    search several consecutive chunks, the tasks running at once (one a thread) up to
+    ``vecops.cpu-task-bytes`` together, in a number of tasks that shares the threads evenly.
+    Not under ``distributed``, whose chunks live on several workers.
+    """
+    if on_gpu:
+        return _config.bytes_value("gpu-task-bytes")
+    held = _config.bytes_value("cpu-task-bytes")
+    if not held or q.shape[0] > _FEW_QUERIES or _cluster_threads():
+        return 0
+    threads = _cores()
+    chunk_bytes = max(max(db.chunks[0]) * db.shape[1] * db.dtype.itemsize, 1)
+    per_task = _chunks_per_task(db.numblocks[0], threads, held // threads // chunk_bytes)
+    return per_task * chunk_bytes if per_task > 1 else 0
+
+
+def _chunks_per_task(chunks: int, threads: int, most: int) -> int:
+    """The fewest tasks of at most ``most`` chunks each, as a multiple of ``threads`` (so that
+    they share the threads evenly): the chunks each takes, 1 if no grouping does that.
+
+    >>> _chunks_per_task(10, 2, 6), _chunks_per_task(10, 2, 2), _chunks_per_task(80, 2, 6)
+    (5, 1, 6)
+    """
+    for tasks in range(threads, chunks + 1, threads):
+        per_task = -(-chunks // tasks)
+        if per_task <= most and -(-chunks // per_task) % threads == 0:
+            return per_task
+    return 1
+
+
+# Up to this many queries a top-k task on the CPU may search several chunks (`_task_bytes`).
+_FEW_QUERIES = 64
 
 
 def _cores() -> int:

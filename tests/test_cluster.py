@@ -174,8 +174,11 @@ def priorities(client, priority_log):
 
 
 def _search(rng):
+    """A search of many tasks: a task per chunk (no client is the default, so a few queries
+    would otherwise search several chunks a task)."""
     db = da.from_array(random_vectors(rng, 400, 8), chunks=50)
-    return dv.cosine_topk(random_vectors(rng, 10, 8), 3, database=db)
+    with dask.config.set({"vecops.cpu-task-bytes": 0}):
+        return dv.cosine_topk(random_vectors(rng, 10, 8), 3, database=db)
 
 
 def test_compute_priority_reaches_every_task(client, priorities, rng):

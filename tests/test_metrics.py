@@ -22,10 +22,13 @@ def clean_metrics():
 
 
 def _expected_topk(scores: da.Array, db: da.Array) -> dict:
-    """The counts a top-k search should record: from its graph's pair and merge tasks."""
+    """The counts a top-k search should record: from its graph's pair and merge tasks (a pair
+    task that searches several chunks merges them too)."""
     batches = scores.chunks[0]
-    keys = [k for k in dict(scores.__dask_graph__()) if isinstance(k, tuple)]
+    tasks = dict(scores.__dask_graph__())
+    keys = [k for k in tasks if isinstance(k, tuple)]
     merges = [k for k in keys if k[0].startswith("vecops-topk-merge-")]
+    merges += [k for k in keys if k[0].count("-") == 2 and len(tasks[k][4]) > 1]
     return {
         "topk": (len(batches) * db.numblocks[0], len(batches) * len(db)),
         "topk-merge": (len(merges), sum(batches[k[1]] for k in merges)),

@@ -1,8 +1,10 @@
-"""Top-k tasks that search several database chunks (``task_bytes``, ``vecops.gpu-task-bytes``).
+"""Top-k tasks that search several database chunks (``task_bytes``; ``vecops.gpu-task-bytes``,
+``vecops.cpu-task-bytes``).
 
 On a GPU every task adds kernel launches and scheduling on the host while the GPU is parallel
-inside each one, so consecutive CuPy chunks are joined up to a size. The graph layer does the
-joining for any blocks; here NumPy blocks go through it with the numpy and rust backends.
+inside each one, so consecutive CuPy chunks are joined up to a size. On the CPU a search of a few
+queries takes a few milliseconds a chunk, so a task searches a few NumPy chunks one after another.
+Both ways run here on NumPy blocks (the joining one forced), with the numpy and rust backends.
 """
 
 import importlib
@@ -12,6 +14,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+import dask_vecops as dv
 from dask_vecops import graph
 from dask_vecops.backends import registry
 from dask_vecops.graph._norm_cache import NORM_CACHE
@@ -19,6 +22,7 @@ from dask_vecops.graph._norm_cache import NORM_CACHE
 from . import Chunking, check_topk, random_vectors
 
 topk_graph = importlib.import_module("dask_vecops.graph.topk")
+api = importlib.import_module("dask_vecops.api")
 
 
 def search(q, db, k, metric, backend, task_bytes, self_join=False):
@@ -54,9 +58,13 @@ def test_consecutive_chunks_are_grouped_up_to_the_size(task_bytes, groups):
     assert [(d0, d1) for _, d0, d1 in got] == [(ends[g[0]], ends[g[-1] + 1]) for g in groups]
 
 
+@pytest.mark.parametrize("joins", [False, True], ids=["one-after-another", "joined"])
 @pytest.mark.parametrize("self_join", [False, True])
 @pytest.mark.parametrize("task_bytes", [0, 700, 10**9])
-def test_joined_chunks_give_the_same_bits(backend, metric, task_bytes, self_join, rng):
+def test_grouped_chunks_give_the_same_bits(
+    backend, metric, task_bytes, self_join, joins, rng, monkeypatch
+):
+    monkeypatch.setattr(topk_graph, "_joins", lambda blocks: joins)
     NORM_CACHE.clear()
     db = random_vectors(rng, 70, 5, np.float32)  # 20 bytes a row, chunks of 4 to 30 rows
     q = db if self_join else random_vectors(rng, 9, 5, np.float32)
@@ -72,3 +80,54 @@ def test_joined_chunks_give_the_same_bits(backend, metric, task_bytes, self_join
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)  # BLAS blocks by shape
     NORM_CACHE.clear()
+
+
+def test_chunks_searched_one_after_another_cache_their_norms_each(rng):
+    """The norm cache keys a chunk the same whether its task searched it alone or in a group,
+    so a grouped first search serves a later search of one chunk a task, and the bits agree."""
+    NORM_CACHE.clear()
+    db = random_vectors(rng, 60, 8, np.float32)
+    darr = da.from_array(db, chunks=(10, 8))
+    q = da.from_array(random_vectors(rng, 3, 8, np.float32))
+    grouped = dask.compute(*search(q, darr, 4, "cosine", "rust", 10**9))
+    assert sorted(key[1:] for key in NORM_CACHE._entries) == [(r, 10) for r in range(0, 60, 10)]
+    one_each = dask.compute(*search(q, darr, 4, "cosine", "rust", 0))
+    np.testing.assert_array_equal(grouped[1], one_each[1])
+    np.testing.assert_array_equal(grouped[0], one_each[0])
+    NORM_CACHE.clear()
+
+
+def groups_of(result) -> list[int]:
+    """How many database chunks each pair task of a search reads."""
+    tasks = dict(result[0].__dask_graph__())
+    return [len(tasks[key][4]) for key in pair_tasks(result)]
+
+
+@pytest.mark.parametrize(
+    ("queries", "chunks", "threads", "cap", "groups"),
+    [
+        (1, 10, 2, "1GiB", [5, 5]),  # as many tasks as threads
+        (64, 10, 2, "1GiB", [5, 5]),
+        (65, 10, 2, "1GiB", [1] * 10),  # more queries: a chunk a task
+        (1, 10, 2, 0, [1] * 10),  # turned off
+        (1, 10, 2, "6MiB", [1] * 10),  # two a task would make five tasks for two threads
+        (1, 12, 2, "10MiB", [3] * 4),  # what two tasks may hold together
+        (1, 12, 4, "10MiB", [1] * 12),  # ... and four
+        (1, 10, 3, "1GiB", [4, 4, 2]),
+        (1, 80, 2, "24MiB", [8] * 10),
+        (1, 1, 2, "1GiB", [1]),
+    ],
+)
+def test_few_queries_on_the_cpu_search_several_chunks_a_task(queries, chunks, threads, cap, groups):
+    db = da.zeros((chunks * 1000, 384), chunks=(1000, 384), dtype=np.float32)  # 1.5 MB a chunk
+    q = np.ones((queries, 384), np.float32)
+    with dask.config.set({"vecops.cpu-task-bytes": cap, "num_workers": threads}):
+        result = dv.cosine_topk(q, 3, database=db, backend="rust")
+    assert groups_of(result) == groups
+
+
+def test_several_chunks_a_task_are_not_used_under_distributed(monkeypatch):
+    monkeypatch.setattr(api, "_cluster_threads", lambda: 4)
+    db = da.zeros((10_000, 16), chunks=(1000, 16), dtype=np.float32)
+    result = dv.cosine_topk(np.ones((1, 16), np.float32), 3, database=db, backend="rust")
+    assert groups_of(result) == [1] * 10

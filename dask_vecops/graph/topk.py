@@ -53,7 +53,7 @@ def topk(
 
     With ``self_join`` the rows of ``q`` are the rows of ``db`` and each query skips itself.
     Up to ``norm_cache_bytes`` of database norms are kept per process for later searches. With
-    ``task_bytes``, a pair task searches consecutive database chunks joined up to that size.
+    ``task_bytes``, a pair task searches consecutive database chunks up to that size.
     """
     q = q.rechunk({1: -1}) if q.numblocks[1] > 1 else q
     db = db.rechunk({1: -1}) if db.numblocks[1] > 1 else db
@@ -66,14 +66,14 @@ def topk(
     score_name, id_name = f"vecops-topk-scores-{token}", f"vecops-topk-ids-{token}"
     backend = _metrics.backend_name(topk_block)  # the merge is the same backend's
     search_token = uuid.uuid4().hex  # this graph's own key to the bars: see _bars
+    merge = partial(
+        _merge, merge_topk=merge_topk, k=k, metric=metric, backend=backend, names=names
+    )
     pair = partial(
-        _topk_pair, topk_block=topk_block, k=k, metric=metric,
+        _topk_pair, merge=merge, topk_block=topk_block, k=k, metric=metric,
         nan_policy=nan_policy, self_join=self_join, names=names,
         db_name=db.name, norm_cache_bytes=norm_cache_bytes, backend=backend,
         search_token=search_token,
-    )
-    merge = partial(
-        _merge, merge_topk=merge_topk, k=k, metric=metric, backend=backend, names=names
     )
     databases = _database_per_batch(db, q.numblocks[0])
     groups = _chunk_groups(db, task_bytes)
@@ -174,11 +174,28 @@ def _pick(result, index, dtype):
     return result[index].astype(dtype, copy=False)
 
 
-def _topk_pair(
+def _topk_pair(q, q0, q1, db, d0, d1, *, merge, **options):
+    """Pair task of topk: best k of database rows ``d0:d1`` for query rows ``q0:q1``, global ids.
+
+    ``db`` is the list of consecutive chunks the task searches (several with ``task_bytes``).
+    Chunks on a GPU are joined: it is parallel inside one kernel call. NumPy chunks are searched
+    one after another (joining would copy them), each counted and cached as a chunk of its own,
+    and their results merged.
+    """
+    if len(db) == 1 or _joins(db):
+        return _search_chunk(q, q0, q1, _joined(db), d0, d1, **options)
+    parts, start = [], d0
+    for block in db:
+        parts.append(_search_chunk(q, q0, q1, block, start, start + len(block), **options))
+        start += len(block)
+    return merge(parts)
+
+
+def _search_chunk(
     q, q0, q1, db, d0, d1, *, topk_block, k, metric, nan_policy, self_join, names,
     db_name, norm_cache_bytes, backend, search_token,
 ):
-    """Pair task of topk: best k of database rows ``d0:d1`` for query rows ``q0:q1``, global ids.
+    """Best k of database rows ``d0:d1`` (one block) for query rows ``q0:q1``, global ids.
 
     Counted as one ``topk`` block of ``d1 - d0`` database rows, timed over the backend's calls.
     Starts from the bars the search's other pair tasks in this process have published, and
@@ -187,7 +204,6 @@ def _topk_pair(
     # Ranges until rows are dropped: a pair task runs once per chunk (or group of chunks), and an
     # array of a chunk's row ids (800 kB for 100,000 rows) cost it more than the rest of its Python.
     q_rows, db_rows = range(q0, q1), range(d0, d1)
-    db = _joined(db)
     bars_key = (search_token, q0)
     bars = BARS.get(bars_key)
     deferred = _defers_checks(db, nan_policy)
@@ -213,6 +229,11 @@ def _topk_pair(
     scores, ids = _with_all_queries(scores, ids, keep_q)
     BARS.publish(bars_key, scores, metric)
     return scores, ids, problems
+
+
+def _joins(blocks: list) -> bool:
+    """Whether a pair task joins its chunks into one block: on a GPU (not NumPy blocks)."""
+    return array_module(blocks[0]) is not np
 
 
 def _joined(blocks: list):

@@ -463,7 +463,11 @@ impl<T: Real> Problem<'_, T> {
             if let (Some(b), true) = (&bf16, selectors.barred(nq)) {
                 b.bars_given();
             }
-            let unknown_norms = scorer.cosine() && scorer.db_norms.is_none();
+            // The few-query filter is bound by the memory, and makes float32 rows' norms as
+            // they stream by (the same bits) faster than it reads given ones: 43 against 47 ns
+            // a row on one thread (benchmarks/RESULTS.md, "One and sixteen queries: ...").
+            let recompute = nq <= simd::FILTER_QUERIES && T::BYTES == 4;
+            let unknown_norms = scorer.cosine() && (scorer.db_norms.is_none() || recompute);
             let slack = scorer.scale_slack();
             let mut own_norms = Buf::take();
             for start in (0..n).step_by(block) {
