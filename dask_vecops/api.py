@@ -9,6 +9,8 @@ from __future__ import annotations
 import dask
 import dask.array as da
 import numpy as np
+from dask.core import flatten
+from dask.highlevelgraph import MaterializedLayer
 
 from . import _config, graph
 from ._protocol import METRICS, NAN_POLICIES, NORMS, array_module
@@ -242,20 +244,45 @@ def _task_bytes(q: da.Array, db: da.Array, on_gpu: bool) -> int:
     """Database bytes one top-k task searches (``graph.topk``'s ``task_bytes``; 0: a chunk each).
 
     On a GPU, ``vecops.gpu-task-bytes``. On the CPU, a search of a few queries takes a few
-    milliseconds a chunk, of which Dask's scheduling of each task is a good part: such tasks
-    search several consecutive chunks, the tasks running at once (one a thread) up to
-    ``vecops.cpu-task-bytes`` together, in a number of tasks that shares the threads evenly.
-    Not under ``distributed``, whose chunks live on several workers.
+    milliseconds a chunk, of which Dask's scheduling of each task is a good part. Where the
+    chunks are in memory already, such tasks search several consecutive chunks, up to
+    ``vecops.cpu-task-bytes`` each, in a number of tasks that shares the threads evenly. Not
+    where tasks read the chunks (a store: a task would wait for several reads, and hold them),
+    nor under ``distributed``, whose chunks live on several workers.
     """
     if on_gpu:
         return _config.bytes_value("gpu-task-bytes")
-    held = _config.bytes_value("cpu-task-bytes")
-    if not held or q.shape[0] > _FEW_QUERIES or _cluster_threads():
+    most = _config.bytes_value("cpu-task-bytes")
+    if not most or q.shape[0] > _FEW_QUERIES or _cluster_threads() or not _in_memory(db):
         return 0
-    threads = _cores()
     chunk_bytes = max(max(db.chunks[0]) * db.shape[1] * db.dtype.itemsize, 1)
-    per_task = _chunks_per_task(db.numblocks[0], threads, held // threads // chunk_bytes)
+    per_task = _chunks_per_task(db.numblocks[0], _cores(), most // chunk_bytes)
     return per_task * chunk_bytes if per_task > 1 else 0
+
+
+def _in_memory(x: da.Array) -> bool:
+    """Whether every chunk of ``x`` is a NumPy array held in its graph: an array wrapped by
+    ``da.from_array`` or persisted, not one that tasks compute or read.
+
+    >>> import numpy as np, dask.array as da
+    >>> _in_memory(da.from_array(np.ones((4, 2)), chunks=2)), _in_memory(da.ones((4, 2), chunks=2))
+    (True, False)
+    """
+    layer = x.dask.layers.get(x.name)
+    if not isinstance(layer, MaterializedLayer):
+        return False
+    return all(isinstance(_literal(layer.get(key)), np.ndarray) for key in flatten(x.__dask_keys__()))
+
+
+def _literal(value):
+    """A graph value's data: stored as is, or wrapped in a data node (Dask's task spec)."""
+    return value.value if isinstance(value, _DataNode) else value
+
+
+try:
+    from dask._task_spec import DataNode as _DataNode
+except ImportError:  # a Dask from before the task spec stores data as is
+    _DataNode = ()
 
 
 def _chunks_per_task(chunks: int, threads: int, most: int) -> int:

@@ -2,7 +2,6 @@
 
 import time
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -13,13 +12,8 @@ SPLIT_EVERY = 8
 
 
 def search_graph(chunks: int, rows_per_chunk: int = 10, split_every: int = SPLIT_EVERY) -> dict:
-    """The graph of a search with a task per chunk (a few queries may otherwise search several
-    chunks a task: ``vecops.cpu-task-bytes``)."""
     db = da.zeros((chunks * rows_per_chunk, 8), chunks=(rows_per_chunk, 8), dtype=np.float32)
-    with dask.config.set({"vecops.cpu-task-bytes": 0}):
-        scores, ids = dv.cosine_topk(
-            np.ones((5, 8), np.float32), 3, database=db, split_every=split_every
-        )
+    scores, ids = dv.cosine_topk(np.ones((5, 8), np.float32), 3, database=db, split_every=split_every)
     return dict(scores.__dask_graph__())
 
 

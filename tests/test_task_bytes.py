@@ -110,24 +110,54 @@ def groups_of(result) -> list[int]:
         (64, 10, 2, "1GiB", [5, 5]),
         (65, 10, 2, "1GiB", [1] * 10),  # more queries: a chunk a task
         (1, 10, 2, 0, [1] * 10),  # turned off
-        (1, 10, 2, "6MiB", [1] * 10),  # two a task would make five tasks for two threads
-        (1, 12, 2, "10MiB", [3] * 4),  # what two tasks may hold together
-        (1, 12, 4, "10MiB", [1] * 12),  # ... and four
+        (1, 10, 2, "3MiB", [1] * 10),  # two a task would make five tasks for two threads
+        (1, 12, 2, "5MiB", [3] * 4),
+        (1, 12, 3, "5MiB", [2] * 6),
         (1, 10, 3, "1GiB", [4, 4, 2]),
-        (1, 80, 2, "24MiB", [8] * 10),
+        (1, 80, 2, "12MiB", [8] * 10),
         (1, 1, 2, "1GiB", [1]),
     ],
 )
 def test_few_queries_on_the_cpu_search_several_chunks_a_task(queries, chunks, threads, cap, groups):
-    db = da.zeros((chunks * 1000, 384), chunks=(1000, 384), dtype=np.float32)  # 1.5 MB a chunk
+    db = np.zeros((chunks * 1000, 384), np.float32)  # 1.5 MB a chunk
     q = np.ones((queries, 384), np.float32)
     with dask.config.set({"vecops.cpu-task-bytes": cap, "num_workers": threads}):
-        result = dv.cosine_topk(q, 3, database=db, backend="rust")
-    assert groups_of(result) == groups
+        for in_memory in (da.from_array(db, chunks=(1000, 384)), _persisted(db)):
+            result = dv.cosine_topk(q, 3, database=in_memory, backend="rust")
+            assert groups_of(result) == groups
+
+
+def _persisted(db):
+    return (da.from_array(db, chunks=(1000, 384)) + 0).persist(scheduler="sync")
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        lambda db: da.from_array(db, chunks=(1000, 16)) + 0,  # chunks computed by tasks
+        lambda db: da.from_array(ArrayLike(db), chunks=(1000, 16)),  # read by tasks (a store)
+    ],
+    ids=["computed", "read"],
+)
+def test_chunks_that_tasks_make_get_a_task_each(database):
+    """A task that searched several would wait for all of them, and hold them together."""
+    db = database(np.zeros((10_000, 16), np.float32))
+    result = dv.cosine_topk(np.ones((1, 16), np.float32), 3, database=db, backend="rust")
+    assert groups_of(result) == [1] * 10
+
+
+class ArrayLike:
+    """An array-like that is not a NumPy array, as a store's array is."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.dtype, self.ndim = x, x.shape, x.dtype, x.ndim
+
+    def __getitem__(self, key):
+        return self.x[key]
 
 
 def test_several_chunks_a_task_are_not_used_under_distributed(monkeypatch):
     monkeypatch.setattr(api, "_cluster_threads", lambda: 4)
-    db = da.zeros((10_000, 16), chunks=(1000, 16), dtype=np.float32)
+    db = da.from_array(np.zeros((10_000, 16), np.float32), chunks=(1000, 16))
     result = dv.cosine_topk(np.ones((1, 16), np.float32), 3, database=db, backend="rust")
     assert groups_of(result) == [1] * 10
