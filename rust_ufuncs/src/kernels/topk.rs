@@ -465,7 +465,7 @@ impl<T: Real> Problem<'_, T> {
             }
             // The few-query filter is bound by the memory, and makes float32 rows' norms as
             // they stream by (the same bits) faster than it reads given ones: 43 against 47 ns
-            // a row on one thread (benchmarks/RESULTS.md, "One and sixteen queries: ...").
+            // a row on one thread (benchmarks/RESULTS.md, "Few-query searches").
             let recompute = nq <= simd::FILTER_QUERIES && T::BYTES == 4;
             let unknown_norms = scorer.cosine() && (scorer.db_norms.is_none() || recompute);
             let slack = scorer.scale_slack();
