@@ -253,7 +253,9 @@ def _task_bytes(q: da.Array, db: da.Array, on_gpu: bool) -> int:
     if on_gpu:
         return _config.bytes_value("gpu-task-bytes")
     most = _config.bytes_value("cpu-task-bytes")
-    if not most or q.shape[0] > _FEW_QUERIES or _cluster_threads() or not _in_memory(db):
+    if not most or q.shape[0] > _FEW_QUERIES or _cluster_threads():
+        return 0
+    if db.numblocks[1] > 1 or not _in_memory(db):  # several column chunks: rechunked by tasks
         return 0
     chunk_bytes = max(max(db.chunks[0]) * db.shape[1] * db.dtype.itemsize, 1)
     per_task = _chunks_per_task(db.numblocks[0], _cores(), most // chunk_bytes)

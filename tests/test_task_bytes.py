@@ -136,8 +136,9 @@ def _persisted(db):
     [
         lambda db: da.from_array(db, chunks=(1000, 16)) + 0,  # chunks computed by tasks
         lambda db: da.from_array(ArrayLike(db), chunks=(1000, 16)),  # read by tasks (a store)
+        lambda db: da.from_array(db, chunks=(1000, 8)),  # joined into whole rows by tasks
     ],
-    ids=["computed", "read"],
+    ids=["computed", "read", "column-chunks"],
 )
 def test_chunks_that_tasks_make_get_a_task_each(database):
     """A task that searched several would wait for all of them, and hold them together."""
