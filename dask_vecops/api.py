@@ -12,6 +12,11 @@ import numpy as np
 from dask.core import flatten
 from dask.highlevelgraph import MaterializedLayer
 
+try:
+    from dask._task_spec import DataNode as _DataNode
+except ImportError:  # a Dask from before the task spec stores data as is
+    _DataNode = ()
+
 from . import _config, graph
 from ._protocol import METRICS, NAN_POLICIES, NORMS, array_module
 from ._validate import as_matrix, check_choice, check_k, check_same_features, float_dtype
@@ -192,10 +197,11 @@ def topk(
     # A GPU is parallel inside each task: splitting the queries for more tasks would only add
     # passes, and a task may search several database chunks.
     on_gpu = _on_gpu(q, db)
-    db_chunks = max(db.numblocks[0], _cores()) if on_gpu else db.numblocks[0]
-    q = _batch_queries(q, db_chunks)
+    cores = _cores()  # a synchronous client asks its scheduler: once a call
+    db_chunks = max(db.numblocks[0], cores) if on_gpu else db.numblocks[0]
+    q = _batch_queries(q, db_chunks, cores)
     return graph.topk(
-        q, db, k, metric, task_bytes=_task_bytes(q, db, on_gpu),
+        q, db, k, metric, task_bytes=_task_bytes(q, db, on_gpu, cores),
         topk_block=module.topk_block, merge_topk=module.merge_topk,
         nan_policy=_nan_policy(nan_policy), self_join=self_join, split_every=split_every,
         names=("x", "x") if self_join else ("queries", "database"),
@@ -220,7 +226,7 @@ def cosine_topk(x, k: int, *, database=None, **options):
     return topk(x, k, database=database, metric="cosine", **options)
 
 
-def _batch_queries(q: da.Array, db_chunks: int) -> da.Array:
+def _batch_queries(q: da.Array, db_chunks: int, cores: int) -> da.Array:
     """Queries in as few row batches as the memory budget allows (one if they fit).
 
     Each batch reads every database chunk once, so fewer batches mean fewer passes. When there
@@ -229,7 +235,7 @@ def _batch_queries(q: da.Array, db_chunks: int) -> da.Array:
     """
     row_bytes = max(1, q.shape[1] * q.dtype.itemsize)
     rows = max(1, _config.memory_budget() // row_bytes)
-    cores_short = -(-_cores() // db_chunks)
+    cores_short = -(-cores // db_chunks)
     rows = min(rows, max(_MIN_BATCH_ROWS, -(-q.shape[0] // cores_short)))
     if q.shape[0] <= rows:
         return q.rechunk({0: -1}) if q.numblocks[0] > 1 else q
@@ -240,7 +246,7 @@ def _batch_queries(q: da.Array, db_chunks: int) -> da.Array:
 _MIN_BATCH_ROWS = 256
 
 
-def _task_bytes(q: da.Array, db: da.Array, on_gpu: bool) -> int:
+def _task_bytes(q: da.Array, db: da.Array, on_gpu: bool, cores: int) -> int:
     """Database bytes one top-k task searches (``graph.topk``'s ``task_bytes``; 0: a chunk each).
 
     On a GPU, ``vecops.gpu-task-bytes``. On the CPU, a search of a few queries takes a few
@@ -253,12 +259,12 @@ def _task_bytes(q: da.Array, db: da.Array, on_gpu: bool) -> int:
     if on_gpu:
         return _config.bytes_value("gpu-task-bytes")
     most = _config.bytes_value("cpu-task-bytes")
-    if not most or q.shape[0] > _FEW_QUERIES or _cluster_threads():
+    if not most or q.shape[0] > _FEW_QUERIES or _default_client() is not None:
         return 0
     if db.numblocks[1] > 1 or not _in_memory(db):  # several column chunks: rechunked by tasks
         return 0
     chunk_bytes = max(max(db.chunks[0]) * db.shape[1] * db.dtype.itemsize, 1)
-    per_task = _chunks_per_task(db.numblocks[0], _cores(), most // chunk_bytes)
+    per_task = _chunks_per_task(db.numblocks[0], cores, most // chunk_bytes)
     return per_task * chunk_bytes if per_task > 1 else 0
 
 
@@ -273,18 +279,13 @@ def _in_memory(x: da.Array) -> bool:
     layer = x.dask.layers.get(x.name)
     if not isinstance(layer, MaterializedLayer):
         return False
-    return all(isinstance(_literal(layer.get(key)), np.ndarray) for key in flatten(x.__dask_keys__()))
+    values = (_literal(layer.get(key)) for key in flatten(x.__dask_keys__()))
+    return all(isinstance(value, np.ndarray) for value in values)
 
 
 def _literal(value):
     """A graph value's data: stored as is, or wrapped in a data node (Dask's task spec)."""
     return value.value if isinstance(value, _DataNode) else value
-
-
-try:
-    from dask._task_spec import DataNode as _DataNode
-except ImportError:  # a Dask from before the task spec stores data as is
-    _DataNode = ()
 
 
 def _chunks_per_task(chunks: int, threads: int, most: int) -> int:
@@ -314,6 +315,15 @@ def _cores() -> int:
 
 def _cluster_threads() -> int | None:
     """Total worker threads of the default distributed client, if there is one."""
+    client = _default_client()
+    if client is None:
+        return None
+    # An asynchronous client answers from its cache here; a synchronous one asks the scheduler.
+    return client.scheduler_info(n_workers=0).get("total_threads") or None
+
+
+def _default_client():
+    """The running default distributed client, if there is one (asking nothing of it)."""
     import sys
 
     if "distributed" not in sys.modules:  # no client can exist without it: do not import it
@@ -322,10 +332,7 @@ def _cluster_threads() -> int | None:
         client = sys.modules["distributed"].default_client()
     except ValueError:
         return None
-    if client.status != "running":
-        return None
-    # An asynchronous client answers from its cache here; a synchronous one asks the scheduler.
-    return client.scheduler_info(n_workers=0).get("total_threads") or None
+    return client if client.status == "running" else None
 
 
 def backends():

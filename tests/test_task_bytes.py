@@ -157,8 +157,15 @@ class ArrayLike:
         return self.x[key]
 
 
+class FourThreadClient:
+    """What the api asks of a default distributed client."""
+
+    def scheduler_info(self, n_workers):
+        return {"total_threads": 4}
+
+
 def test_several_chunks_a_task_are_not_used_under_distributed(monkeypatch):
-    monkeypatch.setattr(api, "_cluster_threads", lambda: 4)
+    monkeypatch.setattr(api, "_default_client", FourThreadClient)
     db = da.from_array(np.zeros((10_000, 16), np.float32), chunks=(1000, 16))
     result = dv.cosine_topk(np.ones((1, 16), np.float32), 3, database=db, backend="rust")
     assert groups_of(result) == [1] * 10

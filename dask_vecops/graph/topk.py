@@ -221,7 +221,7 @@ def _search_chunk(
         problems = _stack_rows(_first_nonfinite_row(q, q0), bad_db)
     else:
         scores, ids, seconds = _pair_search(
-            search, db, db_rows, d0, d1, metric=metric, nan_policy=nan_policy,
+            search, db, db_rows, metric=metric, nan_policy=nan_policy,
             db_name=db_name, db_label=names[1], norm_cache_bytes=norm_cache_bytes,
         )
         problems = None
@@ -306,11 +306,10 @@ def _raise_if_nonfinite(problems, names) -> None:
             raise nonfinite_error(row, name)
 
 
-def _pair_search(search, db, db_rows, d0, d1, *, metric, nan_policy, db_name, db_label,
-                 norm_cache_bytes):
+def _pair_search(search, db, db_rows, *, metric, nan_policy, db_name, db_label, norm_cache_bytes):
     """``(scores, ids, seconds)`` of a pair task's search, with the norm cache and the
     database's non-finite rows handled."""
-    key = (db_name, d0, d1 - d0) if d1 > d0 and norm_cache_bytes else None
+    key = (db_name, db_rows.start, len(db_rows)) if len(db_rows) and norm_cache_bytes else None
     norms = NORM_CACHE.get(key) if key else None
     seconds = 0.0
     if metric == "cosine" and norms is None:
