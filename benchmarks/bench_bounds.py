@@ -1,0 +1,201 @@
+"""What bounds a search of few queries: reads of the database against the kernels, one process.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_bounds.py [--rounds 30]
+
+Case 2 of the fast-top-k issue asks a search of 1 and 16 queries on 1,000,000 x 384 float32 to
+take at most 1.5x "the time to read the database once from memory". This script measures that
+read several ways (NumPy's matrix-vector product and column sums, a Numba-compiled sum, a C
+loop), our Rust kernel alone (`topk_block`, two threads each taking five 100,000-row chunks in
+turn, as Dask's pair tasks do), the whole search through `cosine_topk`, and lower bounds from
+`benchmarks/bounds_rows16.c`: the least work a 16-query search can do per row in float32 and in
+bfloat16, with and without the exact float64 norms a first search makes. Every contender runs once
+a round, rounds take turns, and each keeps its best time; the memory of this VM has slow spells
+(reads half again as long), and a round counts as fast when its Numba read is within 15% of the
+best read seen. The C loops are compiled here (`cc -O3 -march=native`) and skipped without a C
+compiler or AVX-512 (bfloat16: AVX512_BF16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+import dask_vecops as dv
+from dask_vecops import _rust
+from dask_vecops.graph._norm_cache import NORM_CACHE
+
+from bench_topk import compiled_sum  # this folder is on sys.path when run as a script
+
+ROWS, FEATURES, CHUNK, QUERIES, K = 1_000_000, 384, 100_000, 16, 10
+# OpenBLAS's threads spin for a while after a call and would share the cores with what follows.
+SETTLE_SECONDS = 0.5
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=30)
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)
+    q16 = rng.standard_normal((QUERIES, FEATURES), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
+        contenders = {**_reads(db, pool), **_kernels(db, q16, pool),
+                      **_searches(db, q16), **_bounds(db, q16, pool, Path(tmp))}
+        rounds = _rounds(contenders, args.rounds)
+    _report(rounds)
+
+
+def _reads(db, pool):
+    ones = np.ones(FEATURES, np.float32)
+    quarters = np.array_split(db, 8)
+    reads = {
+        "read: NumPy db @ ones": lambda: db @ ones,
+        "read: NumPy column sums, a part a thread": lambda: list(
+            pool.map(lambda part: np.add.reduce(part, axis=0), quarters)),
+    }
+    total = compiled_sum()
+    if total is not None:
+        flat = [part.reshape(-1) for part in quarters]
+        reads["read: Numba sum, a part a thread"] = lambda: list(pool.map(total, flat))
+    return reads
+
+
+def _kernels(db, q16, pool):
+    """`topk_block` alone: each of two threads takes five chunks in turn, as Dask's tasks do."""
+    _rust.set_num_threads(1)
+    chunks = [db[i:i + CHUNK] for i in range(0, ROWS, CHUNK)]
+    norms = [_rust.topk_block(q16[:1], c, 1, "cosine")[2] for c in chunks]
+    halves = [range(0, 5), range(5, 10)]
+
+    def both_threads(queries, given):
+        def half(ids):
+            for i in ids:
+                extra = (None, norms[i]) if given else ()
+                _rust.topk_block(queries, chunks[i], K, "cosine", *extra)
+        return lambda: list(pool.map(half, halves))
+
+    q1 = q16[:1].copy()
+    return {"kernel: 1 query, first": both_threads(q1, False),
+            "kernel: 1 query, norms given": both_threads(q1, True),
+            "kernel: 16 queries, first": both_threads(q16, False),
+            "kernel: 16 queries, norms given": both_threads(q16, True)}
+
+
+def _searches(db, q16):
+    x = da.from_array(db, chunks=(CHUNK, -1))
+
+    def search(queries, cached):
+        def run():
+            if not cached:
+                NORM_CACHE.clear()
+            dv.cosine_topk(queries, K, database=x)[1].compute(scheduler="threads")
+        return run
+
+    search(q16, True)()
+    q1 = q16[:1].copy()
+    return {"cosine_topk: 1 query, first": search(q1, False),
+            "cosine_topk: 1 query, cached": search(q1, True),
+            "cosine_topk: 16 queries, first": search(q16, False),
+            "cosine_topk: 16 queries, cached": search(q16, True)}
+
+
+def _bounds(db, q16, pool, tmp):
+    lib = _compile(tmp)
+    if lib is None:
+        return {}
+    ptr, size = ctypes.c_void_p, ctypes.c_size_t
+    halves = np.array_split(db, 2)
+    norms = np.zeros(ROWS)
+    norm_halves = np.array_split(norms, 2)
+    q_lanes = np.ascontiguousarray(q16.T)
+    out = {}
+    if hasattr(lib, "read_rows"):
+        lib.read_rows.restype = ctypes.c_float
+        out["read: C loop, half a thread"] = lambda: list(pool.map(
+            lambda h: lib.read_rows(ptr(h.ctypes.data), size(h.size)), halves))
+
+    def rows(fn, q, with_norms):
+        fn.restype = ctypes.c_float
+
+        def half(i):
+            n = norm_halves[i].ctypes.data if with_norms else None
+            return fn(ptr(q.ctypes.data), ptr(halves[i].ctypes.data), size(len(halves[i])),
+                      size(FEATURES), ptr(n))
+        return lambda: list(pool.map(half, (0, 1)))
+
+    if hasattr(lib, "f32_rows"):
+        out["bound: 16 queries, float32"] = rows(lib.f32_rows, q_lanes, False)
+        out["bound: 16 queries, float32, exact norms"] = rows(lib.f32_rows, q_lanes, True)
+    if hasattr(lib, "bf16_rows"):
+        pairs = _bf16_pairs(q_lanes)
+        out["bound: 16 queries, bfloat16"] = rows(lib.bf16_rows, pairs, False)
+        out["bound: 16 queries, bfloat16, exact norms"] = rows(lib.bf16_rows, pairs, True)
+    return out
+
+
+def _compile(tmp):
+    source = Path(__file__).with_name("bounds_rows16.c")
+    lib = tmp / "bounds.so"
+    cmd = [os.environ.get("CC", "cc"), "-O3", "-march=native", "-shared", "-fPIC",
+           "-o", str(lib), str(source)]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"# C bounds skipped: {e}")
+        return None
+    return ctypes.CDLL(str(lib))
+
+
+def _bf16_pairs(q_lanes):
+    """Queries (coordinates x 16 lanes) as bfloat16 pairs, coordinate 2j in the low half,
+    rounded to nearest even as `vcvtne2ps2bf16` does."""
+    bits = q_lanes.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32)
+    return np.ascontiguousarray(rounded[0::2] | (rounded[1::2] << 16))
+
+
+def _rounds(contenders, count):
+    rounds = []
+    for _ in range(count):
+        row = {}
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            row[name] = time.perf_counter() - start
+            if "NumPy db @ ones" in name:
+                time.sleep(SETTLE_SECONDS)
+        rounds.append(row)
+    return rounds
+
+
+def _report(rounds):
+    read_key = next((k for k in rounds[0] if k.startswith("read: Numba")), None)
+    read_key = read_key or min((k for k in rounds[0] if k.startswith("read:")),
+                               key=lambda k: min(r[k] for r in rounds))
+    fastest = min(r[read_key] for r in rounds)
+    spells = {"fast": [r for r in rounds if r[read_key] <= 1.15 * fastest],
+              "slow": [r for r in rounds if r[read_key] > 1.15 * fastest]}
+    for spell, rows in spells.items():
+        if not rows:
+            continue
+        best = {name: min(r[name] for r in rows) for name in rows[0]}
+        read = min(t for name, t in best.items() if name.startswith("read:"))
+        print(f"\n{spell} rounds: {len(rows)} of {len(rounds)}; one read = the fastest read, "
+              f"{read * 1e3:.1f} ms\n")
+        print("| contender | ms | x one read |")
+        print("|---|---:|---:|")
+        for name, t in best.items():
+            print(f"| {name} | {t * 1e3:.1f} | {t / read:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+/* Lower bounds for a 16-query search of float32 rows on an AVX-512 CPU, for
+ * benchmarks/bench_bounds.py (compiled there with `cc -O3 -march=native`). Not part of the
+ * package: each loop is the least work of its kind, with no selection, no bars and no checks.
+ *
+ * read:     one streaming sum of the rows (four 512-bit chains).
+ * f32_rows: sixteen queries in the lanes of a vector times each database value broadcast
+ *           (the row-streaming kernel's loop: 384 multiply-adds a row at d = 384), sixteen rows
+ *           a group, the group four ahead prefetched; with `norms`, each group's exact float64
+ *           sums of squares (convert, then multiply-add) after its scores, while it is in L1.
+ * bf16_rows: the same with each group's rows rounded to bfloat16 pairs first (vcvtne2ps2bf16)
+ *           and vdpbf16ps: two products a lane per instruction, half the instructions.
+ */
+#include <immintrin.h>
+#include <stddef.h>
+
+#define G 16
+
+#ifdef __AVX512F__
+
+float read_rows(const float *x, size_t values) {
+    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
+    size_t i = 0;
+    for (; i + 64 <= values; i += 64) {
+        a = _mm512_add_ps(a, _mm512_loadu_ps(x + i));
+        b = _mm512_add_ps(b, _mm512_loadu_ps(x + i + 16));
+        c = _mm512_add_ps(c, _mm512_loadu_ps(x + i + 32));
+        d = _mm512_add_ps(d, _mm512_loadu_ps(x + i + 48));
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+    for (; i < values; i++) s += x[i];
+    return s;
+}
+
+static void sums_of_squares(const float *rows, size_t n, size_t dim, double *out) {
+    for (size_t r = 0; r < n; r++) {
+        const float *x = rows + r * dim;
+        __m512d a = _mm512_setzero_pd(), b = a;
+        for (size_t k = 0; k + 16 <= dim; k += 16) {
+            __m512d u = _mm512_cvtps_pd(_mm256_loadu_ps(x + k));
+            __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + k + 8));
+            a = _mm512_fmadd_pd(u, u, a);
+            b = _mm512_fmadd_pd(v, v, b);
+        }
+        out[r] = _mm512_reduce_add_pd(_mm512_add_pd(a, b));
+    }
+}
+
+/* q: dim x 16 (coordinate-major, one lane a query); rows: n x dim. Inlined into `f32_rows`
+ * with dim a constant where it is 384, so that the rows' offsets are constants as well. */
+static inline __attribute__((always_inline)) float f32_rows_at(
+    const float *q, const float *rows, size_t n, size_t dim, double *norms) {
+    __m512 best = _mm512_set1_ps(-1e30f);
+    const char *end = (const char *)(rows + n * dim);
+    for (size_t r0 = 0; r0 + G <= n; r0 += G) {
+        const float *base = rows + r0 * dim;
+        const char *ahead = (const char *)(base + 4 * G * dim);
+        __m512 acc[G];
+        for (int r = 0; r < G; r++) acc[r] = _mm512_setzero_ps();
+        for (size_t k = 0; k < dim; k++) {
+            if (ahead < end) _mm_prefetch(ahead, _MM_HINT_T0);
+            ahead += G * sizeof(float);
+            __m512 qk = _mm512_loadu_ps(q + k * 16);
+            for (int r = 0; r < G; r++)
+                acc[r] = _mm512_fmadd_ps(qk, _mm512_set1_ps(base[r * dim + k]), acc[r]);
+        }
+        if (norms) sums_of_squares(base, G, dim, norms + r0);
+        for (int r = 0; r < G; r++) best = _mm512_max_ps(best, acc[r]);
+    }
+    return _mm512_reduce_max_ps(best);
+}
+
+float f32_rows(const float *q, const float *rows, size_t n, size_t dim, double *norms) {
+    return dim == 384 ? f32_rows_at(q, rows, n, 384, norms) : f32_rows_at(q, rows, n, dim, norms);
+}
+#endif
+
+#ifdef __AVX512BF16__
+/* pairs: dim/2 x 16 bfloat16 pairs of the queries (coordinate pair-major, one lane a query);
+ * dim a multiple of 32, at most 2048. */
+static inline __attribute__((always_inline)) float bf16_rows_at(
+    const unsigned *pairs, const float *rows, size_t n, size_t dim, double *norms) {
+    __m512 best = _mm512_set1_ps(-1e30f);
+    const char *end = (const char *)(rows + n * dim);
+    unsigned converted[G * 1024] __attribute__((aligned(64)));
+    size_t half = dim / 2;
+    for (size_t r0 = 0; r0 + G <= n; r0 += G) {
+        const float *base = rows + r0 * dim;
+        const char *ahead = (const char *)(base + 4 * G * dim);
+        for (int r = 0; r < G; r++)
+            for (size_t k = 0; k < dim; k += 32) {
+                __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(base + r * dim + k + 16),
+                                                 _mm512_loadu_ps(base + r * dim + k));
+                _mm512_store_si512((void *)(converted + r * half + k / 2), (__m512i)h);
+            }
+        if (norms) sums_of_squares(base, G, dim, norms + r0);
+        __m512 acc[G];
+        for (int r = 0; r < G; r++) acc[r] = _mm512_setzero_ps();
+        for (size_t j = 0; j < half; j++) {
+            if (ahead < end) {
+                _mm_prefetch(ahead, _MM_HINT_T0);
+                _mm_prefetch(ahead + 64, _MM_HINT_T0);
+            }
+            ahead += 128;
+            __m512bh qj = (__m512bh)_mm512_loadu_si512((const void *)(pairs + j * 16));
+            for (int r = 0; r < G; r++)
+                acc[r] = _mm512_dpbf16_ps(
+                    acc[r], qj, (__m512bh)_mm512_set1_epi32((int)converted[r * half + j]));
+        }
+        for (int r = 0; r < G; r++) best = _mm512_max_ps(best, acc[r]);
+    }
+    return _mm512_reduce_max_ps(best);
+}
+
+float bf16_rows(const unsigned *pairs, const float *rows, size_t n, size_t dim, double *norms) {
+    return dim == 384 ? bf16_rows_at(pairs, rows, n, 384, norms)
+                      : bf16_rows_at(pairs, rows, n, dim, norms);
+}
+#endif
