@@ -10,8 +10,8 @@ turn, as Dask's pair tasks do), the whole search through `cosine_topk`, and lowe
 `benchmarks/bounds_rows16.c`: the least work a 16-query search can do per row in float32 and in
 bfloat16, with and without the exact float64 norms a first search makes. Every contender runs once
 a round, rounds take turns, and each keeps its best time; the memory of this VM has slow spells
-(reads half again as long), and a round counts as fast when its Numba read is within 15% of the
-best read seen. The C loops are compiled here (`cc -O3 -march=native`) and skipped without a C
+(reads half again as long), and a round counts as fast when its fastest read is within 15% of
+the fastest of all. The C loops are compiled here (`cc -O3 -march=native`) and skipped without a C
 compiler or AVX-512 (bfloat16: AVX512_BF16).
 """
 
@@ -178,12 +178,12 @@ def _rounds(contenders, count):
 
 
 def _report(rounds):
-    read_key = next((k for k in rounds[0] if k.startswith("read: Numba")), None)
-    read_key = read_key or min((k for k in rounds[0] if k.startswith("read:")),
-                               key=lambda k: min(r[k] for r in rounds))
-    fastest = min(r[read_key] for r in rounds)
-    spells = {"fast": [r for r in rounds if r[read_key] <= 1.15 * fastest],
-              "slow": [r for r in rounds if r[read_key] > 1.15 * fastest]}
+    def read(row):
+        return min(t for name, t in row.items() if name.startswith("read:"))
+
+    fastest = min(read(r) for r in rounds)
+    spells = {"fast": [r for r in rounds if read(r) <= 1.15 * fastest],
+              "slow": [r for r in rounds if read(r) > 1.15 * fastest]}
     for spell, rows in spells.items():
         if not rows:
             continue

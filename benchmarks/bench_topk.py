@@ -133,8 +133,8 @@ def _sgemm_rate(db) -> float:
 def _read_seconds(db) -> float:
     """Seconds to read the database once from memory on every core: the best of three runs of
     each streaming read, a BLAS matrix-vector product, per-core column sums and (where Numba is
-    installed) a compiled sum per core, which reads at about the memory's speed: on the
-    benchmark machine 19-21 ms for 1,000,000 x 384 float32 where NumPy's reads take 23-25 ms
+    installed) a compiled sum per core, which reads at the memory's speed: on the benchmark
+    machine about 19 ms for 1,000,000 x 384 float32 (as a C loop), where NumPy's take 23-25 ms
     (benchmarks/RESULTS.md, "One read at the memory's speed")."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -160,7 +160,7 @@ def compiled_sum():
 
     @numba.njit(nogil=True, fastmath=True)
     def total(values):
-        s = values[0] * 0  # the values' own type: float32 sums vectorise
+        s = values[0] - values[0]  # the values' own type (`* 0` would make it float64)
         for i in range(values.size):
             s += values[i]
         return s
