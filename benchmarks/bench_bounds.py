@@ -33,7 +33,7 @@ import dask_vecops as dv
 from dask_vecops import _rust
 from dask_vecops.graph._norm_cache import NORM_CACHE
 
-from bench_topk import compiled_sum  # this folder is on sys.path when run as a script
+from bench_topk import reads  # this folder is on sys.path when run as a script
 
 ROWS, FEATURES, CHUNK, QUERIES, K = 1_000_000, 384, 100_000, 16, 10
 # OpenBLAS's threads spin for a while after a call and would share the cores with what follows.
@@ -48,25 +48,10 @@ def main() -> None:
     db = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)
     q16 = rng.standard_normal((QUERIES, FEATURES), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
-        contenders = {**_reads(db, pool), **_kernels(db, q16, pool),
+        contenders = {**reads(db, pool), **_kernels(db, q16, pool),
                       **_searches(db, q16), **_bounds(db, q16, pool, Path(tmp))}
         rounds = _rounds(contenders, args.rounds)
     _report(rounds)
-
-
-def _reads(db, pool):
-    ones = np.ones(FEATURES, np.float32)
-    quarters = np.array_split(db, 8)
-    reads = {
-        "read: NumPy db @ ones": lambda: db @ ones,
-        "read: NumPy column sums, a part a thread": lambda: list(
-            pool.map(lambda part: np.add.reduce(part, axis=0), quarters)),
-    }
-    total = compiled_sum()
-    if total is not None:
-        flat = [part.reshape(-1) for part in quarters]
-        reads["read: Numba sum, a part a thread"] = lambda: list(pool.map(total, flat))
-    return reads
 
 
 def _kernels(db, q16, pool):
@@ -74,7 +59,7 @@ def _kernels(db, q16, pool):
     _rust.set_num_threads(1)
     chunks = [db[i:i + CHUNK] for i in range(0, ROWS, CHUNK)]
     norms = [_rust.topk_block(q16[:1], c, 1, "cosine")[2] for c in chunks]
-    halves = [range(0, 5), range(5, 10)]
+    halves = np.array_split(np.arange(len(chunks)), 2)
 
     def both_threads(queries, given):
         def half(ids):

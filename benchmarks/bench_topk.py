@@ -132,22 +132,31 @@ def _sgemm_rate(db) -> float:
 
 def _read_seconds(db) -> float:
     """Seconds to read the database once from memory on every core: the best of three runs of
-    each streaming read, a BLAS matrix-vector product, per-core column sums and (where Numba is
-    installed) a compiled sum per core, which reads at the memory's speed: on the benchmark
-    machine about 19 ms for 1,000,000 x 384 float32 (as a C loop), where NumPy's take 23-25 ms
-    (benchmarks/RESULTS.md, "One read at the memory's speed")."""
+    each of `reads`."""
     from concurrent.futures import ThreadPoolExecutor
 
-    ones = np.ones(db.shape[1], db.dtype)
-    parts = np.array_split(db, os.cpu_count() * 4)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        reads = [lambda: db @ ones,
-                 lambda: list(pool.map(lambda part: np.add.reduce(part, axis=0), parts))]
-        compiled = compiled_sum()
-        if compiled is not None:
-            flat = [part.reshape(-1) for part in parts if part.size]
-            reads.append(lambda: list(pool.map(compiled, flat)))
-        return min(_timed(read)[0] for read in reads for _ in range(3))
+        return min(_timed(read)[0] for read in reads(db, pool).values() for _ in range(3))
+
+
+def reads(db, pool) -> dict:
+    """Named streaming reads of all of ``db`` on ``pool``'s threads: a BLAS matrix-vector
+    product, column sums a part a thread and (where Numba is installed) a compiled sum a part a
+    thread. The last reads at the memory's speed: on the benchmark machine about 19 ms for
+    1,000,000 x 384 float32 (as a C loop), where NumPy's take 23-25 ms (benchmarks/RESULTS.md,
+    "One read at the memory's speed")."""
+    ones = np.ones(db.shape[1], db.dtype)
+    parts = [part for part in np.array_split(db, os.cpu_count() * 4) if part.size]
+    named = {
+        "read: NumPy db @ ones": lambda: db @ ones,
+        "read: NumPy column sums, a part a thread": lambda: list(
+            pool.map(lambda part: np.add.reduce(part, axis=0), parts)),
+    }
+    total = compiled_sum()
+    if total is not None:
+        flat = [part.reshape(-1) for part in parts]
+        named["read: Numba sum, a part a thread"] = lambda: list(pool.map(total, flat))
+    return named
 
 
 @functools.cache

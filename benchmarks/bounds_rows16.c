@@ -11,6 +11,7 @@
  *           and vdpbf16ps: two products a lane per instruction, half the instructions.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stddef.h>
 
 #define G 16
@@ -70,6 +71,7 @@ static inline __attribute__((always_inline)) float f32_rows_at(
 }
 
 float f32_rows(const float *q, const float *rows, size_t n, size_t dim, double *norms) {
+    if (dim % 16) return NAN; /* the norms' loop takes whole vectors */
     return dim == 384 ? f32_rows_at(q, rows, n, 384, norms) : f32_rows_at(q, rows, n, dim, norms);
 }
 #endif
@@ -112,6 +114,7 @@ static inline __attribute__((always_inline)) float bf16_rows_at(
 }
 
 float bf16_rows(const unsigned *pairs, const float *rows, size_t n, size_t dim, double *norms) {
+    if (dim % 32 || dim > 2048) return NAN; /* whole conversions, into `converted` */
     return dim == 384 ? bf16_rows_at(pairs, rows, n, 384, norms)
                       : bf16_rows_at(pairs, rows, n, dim, norms);
 }
