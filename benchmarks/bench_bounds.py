@@ -7,12 +7,12 @@ take at most 1.5x "the time to read the database once from memory". This script 
 read several ways (NumPy's matrix-vector product and column sums, a Numba-compiled sum, a C
 loop), our Rust kernel alone (`topk_block`, two threads each taking five 100,000-row chunks in
 turn, as Dask's pair tasks do), the whole search through `cosine_topk`, and lower bounds from
-`benchmarks/bounds_rows16.c`: the least work a 16-query search can do per row in float32 and in
-bfloat16, with and without the exact float64 norms a first search makes. Every contender runs once
-a round, rounds take turns, and each keeps its best time; the memory of this VM has slow spells
-(reads half again as long), and a round counts as fast when its fastest read is within 15% of
-the fastest of all. The C loops are compiled here (`cc -O3 -march=native`) and skipped without a C
-compiler or AVX-512 (bfloat16: AVX512_BF16).
+`benchmarks/bounds_rows16.c`: the least work a 16-query search can do per row in float32, in
+bfloat16 and in int8, with and without the exact float64 norms a first search makes. Every
+contender runs once a round, rounds take turns, and each keeps its best time; the memory of this
+VM has slow spells (reads half again as long), and a round counts as fast when its fastest read
+is within 15% of the fastest of all. The C loops are compiled here (`cc -O3 -march=native`) and
+skipped without a C compiler or AVX-512 (bfloat16: AVX512_BF16; int8: AVX512_VNNI).
 """
 
 from __future__ import annotations
@@ -124,6 +124,10 @@ def _bounds(db, q16, pool, tmp):
         pairs = _bf16_pairs(q_lanes)
         out["bound: 16 queries, bfloat16"] = rows(lib.bf16_rows, pairs, False)
         out["bound: 16 queries, bfloat16, exact norms"] = rows(lib.bf16_rows, pairs, True)
+    if hasattr(lib, "i8_rows"):
+        quads = _i8_quads(q16)
+        out["bound: 16 queries, int8"] = rows(lib.i8_rows, quads, False)
+        out["bound: 16 queries, int8, exact norms"] = rows(lib.i8_rows, quads, True)
     return out
 
 
@@ -146,6 +150,15 @@ def _bf16_pairs(q_lanes):
     bits = q_lanes.view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32)
     return np.ascontiguousarray(rounded[0::2] | (rounded[1::2] << 16))
+
+
+def _i8_quads(q16):
+    """Queries quantised to signed bytes (one scale a query), four consecutive coordinates a
+    word, coordinate quad-major, one lane a query."""
+    scale = np.abs(q16).max(axis=1, keepdims=True) / 127
+    i8 = np.rint(q16 / scale).astype(np.int8)
+    quads = i8.reshape(len(q16), -1, 4).transpose(1, 0, 2)
+    return np.ascontiguousarray(quads).view(np.uint32)[..., 0].copy()
 
 
 def _rounds(contenders, count):
