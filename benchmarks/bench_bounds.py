@@ -47,6 +47,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     db = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)
     q16 = rng.standard_normal((QUERIES, FEATURES), dtype=np.float32)
+    # A row equal to a query scores |q|^2, about 4x a random pair's best: a loop that paired
+    # the wrong coordinates would miss it, which `_check_bounds` would see.
+    db[ROWS // 3] = q16[QUERIES // 2]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
         contenders = {**reads(db, pool), **_kernels(db, q16, pool),
                       **_searches(db, q16), **_bounds(db, q16, pool, Path(tmp))}
@@ -125,10 +128,38 @@ def _bounds(db, q16, pool, tmp):
         out["bound: 16 queries, bfloat16"] = rows(lib.bf16_rows, pairs, False)
         out["bound: 16 queries, bfloat16, exact norms"] = rows(lib.bf16_rows, pairs, True)
     if hasattr(lib, "i8_rows"):
-        quads = _i8_quads(q16)
-        out["bound: 16 queries, int8"] = rows(lib.i8_rows, quads, False)
-        out["bound: 16 queries, int8, exact norms"] = rows(lib.i8_rows, quads, True)
+        queries = _i8_queries(q16)
+        out["bound: 16 queries, int8"] = rows(lib.i8_rows, queries, False)
+        out["bound: 16 queries, int8, exact norms"] = rows(lib.i8_rows, queries, True)
+    _check_bounds(out, db, q16, norms)
     return out
+
+
+# How far each bound's largest score may be from NumPy's, as a share of the largest
+# |query| x |row|: float32 sums in another order; bfloat16 values carry 8 significant bits;
+# int8 rows and queries are each off by half a step of their scale, |x| / 127 at most.
+BOUND_TOLERANCE = {"float32": 1e-4, "bfloat16": 2.0 ** -7, "int8": 4 / 127}
+
+
+def _check_bounds(bounds, db, q16, norms):
+    """Each C bound must compute what it is named for: its largest score close to NumPy's and,
+    with "exact norms", every row's sum of squares in float64. A bound that computed something
+    cheaper would time the wrong work."""
+    best = max(float((part @ q16.T).max()) for part in np.array_split(db, 10))
+    scale = float(np.linalg.norm(q16, axis=1).max() * np.linalg.norm(db, axis=1).max())
+    for name, run in bounds.items():
+        kind = next((k for k in BOUND_TOLERANCE if name.endswith(k) or f"{k}," in name), None)
+        if kind is None:
+            continue
+        norms[:] = 0
+        got = max(run())
+        if abs(got - best) > BOUND_TOLERANCE[kind] * scale:
+            raise RuntimeError(f"{name}: largest score {got}, NumPy's {best}")
+        if name.endswith("exact norms"):
+            for part, sums in zip(np.array_split(db, 10), np.array_split(norms, 10)):
+                exact = (part.astype(np.float64) ** 2).sum(axis=1)
+                if not np.allclose(sums, exact, rtol=1e-12, atol=0):
+                    raise RuntimeError(f"{name}: not the rows' float64 sums of squares")
 
 
 def _compile(tmp):
@@ -152,13 +183,19 @@ def _bf16_pairs(q_lanes):
     return np.ascontiguousarray(rounded[0::2] | (rounded[1::2] << 16))
 
 
-def _i8_quads(q16):
-    """Queries quantised to signed bytes (one scale a query), four consecutive coordinates a
-    word, coordinate quad-major, one lane a query."""
-    scale = np.abs(q16).max(axis=1, keepdims=True) / 127
-    i8 = np.rint(q16 / scale).astype(np.int8)
-    quads = i8.reshape(len(q16), -1, 4).transpose(1, 0, 2)
-    return np.ascontiguousarray(quads).view(np.uint32)[..., 0].copy()
+def _i8_queries(q16):
+    """Queries quantised to signed bytes (one scale a query) as `i8_rows` takes them: four
+    coordinates a word, quad-major, one lane a query, in the order the packs leave a row's
+    bytes; then each query's bytes summed times 128 (int32) and its scale (float32)."""
+    scale = (np.abs(q16).max(axis=1) / 127).astype(np.float32)
+    i8 = np.rint(q16 / scale[:, None]).astype(np.int8)
+    # The packs of 4 vectors of 16 values leave, per 128-bit lane L, four values of each vector.
+    block = [16 * v + 4 * lane + j for lane in range(4) for v in range(4) for j in range(4)]
+    order = np.concatenate([b + np.array(block) for b in range(0, q16.shape[1], 64)])
+    quads = i8[:, order].reshape(len(q16), -1, 4).transpose(1, 0, 2)
+    words = np.ascontiguousarray(quads).view(np.uint32)[..., 0]
+    correction = (128 * i8.sum(axis=1, dtype=np.int32)).view(np.uint32)
+    return np.concatenate([words.ravel(), correction, scale.view(np.uint32)])
 
 
 def _rounds(contenders, count):

@@ -12,8 +12,10 @@
  * i8_rows:  the same with each group's rows quantised to bytes first: one scale a row (its
  *           largest magnitude over 127), round(x / scale) + 128 by one multiply-add and a
  *           conversion, packed to unsigned bytes; then vpdpbusd against signed query bytes:
- *           four products a lane per instruction. (The correction for the offset of 128 is one
- *           constant a query, left out.)
+ *           four products a lane per instruction; then the offset's correction (a constant a
+ *           query) and both scales.
+ *
+ * Each returns the largest score it computed, which bench_bounds.py checks against NumPy's.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -126,9 +128,10 @@ float bf16_rows(const unsigned *pairs, const float *rows, size_t n, size_t dim, 
 #endif
 
 #ifdef __AVX512VNNI__
-/* q8: dim/4 x 16 words, each four signed query bytes (quad-major, one lane a query); dim a
- * multiple of 64, at most 2048. A row's bytes leave the packs interleaved by 128-bit lane; a
- * search would lay the queries out alike, which changes no instruction here. */
+/* q8: dim/4 x 16 words, each four signed query bytes (quad-major, one lane a query), then 16
+ * int32 (each query's bytes summed, times 128) and 16 float32 (the queries' scales); dim a
+ * multiple of 64, at most 2048. A row's bytes leave the packs interleaved by 128-bit lane, and
+ * the queries' bytes are laid out alike (bench_bounds.py). */
 static inline __attribute__((always_inline)) float i8_rows_at(
     const unsigned *q8, const float *rows, size_t n, size_t dim, double *norms) {
     __m512 best = _mm512_set1_ps(-1e30f);
@@ -137,6 +140,8 @@ static inline __attribute__((always_inline)) float i8_rows_at(
     float scale[G];
     size_t quads = dim / 4;
     __m512 offset = _mm512_set1_ps(128.0f);
+    __m512i correction = _mm512_loadu_si512((const void *)(q8 + quads * 16));
+    __m512 q_scale = _mm512_loadu_ps((const float *)(q8 + quads * 16 + 16));
     for (size_t r0 = 0; r0 + G <= n; r0 += G) {
         const float *base = rows + r0 * dim;
         const char *ahead = (const char *)(base + 4 * G * dim);
@@ -178,7 +183,8 @@ static inline __attribute__((always_inline)) float i8_rows_at(
             }
         }
         for (int r = 0; r < G; r++) {
-            __m512 scores = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(scale[r]));
+            __m512 dots = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], correction));
+            __m512 scores = _mm512_mul_ps(dots, _mm512_mul_ps(q_scale, _mm512_set1_ps(scale[r])));
             best = _mm512_max_ps(best, scores);
         }
     }
