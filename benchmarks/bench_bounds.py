@@ -132,7 +132,7 @@ def _bounds(db, q16, pool, tmp):
         out["bound: 16 queries, int8"] = rows(lib.i8_rows, queries, False)
         out["bound: 16 queries, int8, exact norms"] = rows(lib.i8_rows, queries, True)
     if hasattr(lib, "i8_copy_rows"):
-        out["bound: 16 queries, int8 copy made beforehand"] = _copy_rows(lib, db, q16, pool)
+        out["bound: 16 queries, int8, copy made beforehand"] = _copy_rows(lib, db, q16, pool)
     _check_bounds(out, db, q16, norms)
     return out
 
@@ -160,8 +160,7 @@ def _copy_rows(lib, db, q16, pool):
 # How far each bound's largest score may be from NumPy's, as a share of the largest
 # |query| x |row|: float32 sums in another order; bfloat16 values carry 8 significant bits;
 # int8 rows and queries are each off by half a step of their scale, |x| / 127 at most.
-BOUND_TOLERANCE = {"float32": 1e-4, "bfloat16": 2.0 ** -7, "int8": 4 / 127,
-                   "beforehand": 4 / 127}
+BOUND_TOLERANCE = {"float32": 1e-4, "bfloat16": 2.0 ** -7, "int8": 4 / 127}
 
 
 def _check_bounds(bounds, db, q16, norms):
@@ -213,15 +212,18 @@ def _i8_queries(q16, packed=True):
     (int32) and its scale (float32)."""
     scale = (np.abs(q16).max(axis=1) / 127).astype(np.float32)
     i8 = np.rint(q16 / scale[:, None]).astype(np.int8)
-    # The packs of 4 vectors of 16 values leave, per 128-bit lane L, four values of each vector.
-    block = [16 * v + 4 * lane + j for lane in range(4) for v in range(4) for j in range(4)]
-    order = np.concatenate([b + np.array(block) for b in range(0, q16.shape[1], 64)])
-    if not packed:
-        order = np.arange(q16.shape[1])
+    order = _packed_order(q16.shape[1]) if packed else np.arange(q16.shape[1])
     quads = i8[:, order].reshape(len(q16), -1, 4).transpose(1, 0, 2)
     words = np.ascontiguousarray(quads).view(np.uint32)[..., 0]
     correction = (128 * i8.sum(axis=1, dtype=np.int32)).view(np.uint32)
     return np.concatenate([words.ravel(), correction, scale.view(np.uint32)])
+
+
+def _packed_order(d):
+    """The coordinates in the order `i8_rows`'s packs leave them: of each 64, per 128-bit lane,
+    four values of each of the four vectors of 16."""
+    block = [16 * v + 4 * lane + j for lane in range(4) for v in range(4) for j in range(4)]
+    return np.concatenate([b + np.array(block) for b in range(0, d, 64)])
 
 
 def _rounds(contenders, count):
