@@ -129,6 +129,34 @@ float bf16_rows(const unsigned *pairs, const float *rows, size_t n, size_t dim, 
 #endif
 
 #ifdef __AVX512VNNI__
+/* The largest of `best` and the scores of a group's G rows of bytes (`words`, `quads` words a
+ * row, unsigned: round(x / scale) + 128) against the query bytes of `q8` (as i8_rows takes
+ * them), with the offset's correction and both scales. One line from `ahead` on (while below
+ * `end`) is prefetched per word of a row: at d = 384, 96 lines a group. */
+static inline __attribute__((always_inline)) __m512 i8_group(
+    const unsigned *q8, const unsigned *words, const float *row_scales, size_t quads,
+    const char *ahead, const char *end, __m512 best) {
+    __m512i correction = _mm512_loadu_si512((const void *)(q8 + quads * 16));
+    __m512 q_scale = _mm512_loadu_ps((const float *)(q8 + quads * 16 + 16));
+    __m512i acc[G];
+    for (int r = 0; r < G; r++) acc[r] = _mm512_setzero_si512();
+    for (size_t j = 0; j < quads; j++) {
+        if (ahead < end) _mm_prefetch(ahead, _MM_HINT_T0);
+        ahead += 64;
+        __m512i qj = _mm512_loadu_si512((const void *)(q8 + j * 16));
+        for (int r = 0; r < G; r++) {
+            __m512i xj = _mm512_set1_epi32((int)words[r * quads + j]);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], xj, qj);
+        }
+    }
+    for (int r = 0; r < G; r++) {
+        __m512 dots = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], correction));
+        __m512 scales = _mm512_mul_ps(q_scale, _mm512_set1_ps(row_scales[r]));
+        best = _mm512_max_ps(best, _mm512_mul_ps(dots, scales));
+    }
+    return best;
+}
+
 /* q8: dim/4 x 16 words, each four signed query bytes (quad-major, one lane a query), then 16
  * int32 (each query's bytes summed, times 128) and 16 float32 (the queries' scales); dim a
  * multiple of 64, at most 2048. A row's bytes leave the packs interleaved by 128-bit lane, and
@@ -139,10 +167,7 @@ static inline __attribute__((always_inline)) float i8_rows_at(
     const char *end = (const char *)(rows + n * dim);
     unsigned converted[G * 512] __attribute__((aligned(64)));
     float scale[G];
-    size_t quads = dim / 4;
     __m512 offset = _mm512_set1_ps(128.0f);
-    __m512i correction = _mm512_loadu_si512((const void *)(q8 + quads * 16));
-    __m512 q_scale = _mm512_loadu_ps((const float *)(q8 + quads * 16 + 16));
     for (size_t r0 = 0; r0 + G <= n; r0 += G) {
         const float *base = rows + r0 * dim;
         const char *ahead = (const char *)(base + 4 * G * dim);
@@ -169,25 +194,7 @@ static inline __attribute__((always_inline)) float i8_rows_at(
             }
         }
         if (norms) sums_of_squares(base, G, dim, norms + r0);
-        __m512i acc[G];
-        for (int r = 0; r < G; r++) acc[r] = _mm512_setzero_si512();
-        for (size_t j = 0; j < quads; j++) {
-            if (ahead < end && (j & 1) == 0) {
-                _mm_prefetch(ahead, _MM_HINT_T0);
-                _mm_prefetch(ahead + 64, _MM_HINT_T0);
-                ahead += 128;
-            }
-            __m512i qj = _mm512_loadu_si512((const void *)(q8 + j * 16));
-            for (int r = 0; r < G; r++) {
-                __m512i xj = _mm512_set1_epi32((int)converted[r * quads + j]);
-                acc[r] = _mm512_dpbusd_epi32(acc[r], xj, qj);
-            }
-        }
-        for (int r = 0; r < G; r++) {
-            __m512 dots = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], correction));
-            __m512 scores = _mm512_mul_ps(dots, _mm512_mul_ps(q_scale, _mm512_set1_ps(scale[r])));
-            best = _mm512_max_ps(best, scores);
-        }
+        best = i8_group(q8, converted, scale, dim / 4, ahead, end, best);
     }
     return _mm512_reduce_max_ps(best);
 }
@@ -196,9 +203,7 @@ float i8_rows(const unsigned *q8, const float *rows, size_t n, size_t dim, doubl
     if (dim % 64 || dim > 2048) return NAN; /* whole packs, into `converted` */
     return dim == 384 ? i8_rows_at(q8, rows, n, 384, norms) : i8_rows_at(q8, rows, n, dim, norms);
 }
-#endif
 
-#ifdef __AVX512VNNI__
 /* i8_copy_rows: the products of i8_rows on a copy of the rows quantised beforehand (bytes: n x
  * dim unsigned bytes, round(x / scale) + 128 in coordinate order; scales: one a row), read
  * from memory in place of the float32 rows: what a repeat search over a cached byte copy of
@@ -207,28 +212,10 @@ static inline __attribute__((always_inline)) float i8_copy_rows_at(
     const unsigned *q8, const unsigned char *bytes, const float *scales, size_t n, size_t dim) {
     __m512 best = _mm512_set1_ps(-1e30f);
     const char *end = (const char *)(bytes + n * dim);
-    size_t quads = dim / 4;
-    __m512i correction = _mm512_loadu_si512((const void *)(q8 + quads * 16));
-    __m512 q_scale = _mm512_loadu_ps((const float *)(q8 + quads * 16 + 16));
     for (size_t r0 = 0; r0 + G <= n; r0 += G) {
         const unsigned *words = (const unsigned *)(bytes + r0 * dim);
         const char *ahead = (const char *)(bytes + (r0 + 4 * G) * dim);
-        __m512i acc[G];
-        for (int r = 0; r < G; r++) acc[r] = _mm512_setzero_si512();
-        for (size_t j = 0; j < quads; j++) {
-            if (ahead < end) _mm_prefetch(ahead, _MM_HINT_T0); /* a group is 96 lines at 384 */
-            ahead += 64;
-            __m512i qj = _mm512_loadu_si512((const void *)(q8 + j * 16));
-            for (int r = 0; r < G; r++) {
-                __m512i xj = _mm512_set1_epi32((int)words[r * quads + j]);
-                acc[r] = _mm512_dpbusd_epi32(acc[r], xj, qj);
-            }
-        }
-        for (int r = 0; r < G; r++) {
-            __m512 dots = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], correction));
-            __m512 row_scale = _mm512_set1_ps(scales[r0 + r]);
-            best = _mm512_max_ps(best, _mm512_mul_ps(dots, _mm512_mul_ps(q_scale, row_scale)));
-        }
+        best = i8_group(q8, words, scales + r0, dim / 4, ahead, end, best);
     }
     return _mm512_reduce_max_ps(best);
 }
