@@ -123,6 +123,11 @@ def _bounds(db, q16, pool, tmp):
     if hasattr(lib, "f32_rows"):
         out["bound: 16 queries, float32"] = rows(lib.f32_rows, q_lanes, False)
         out["bound: 16 queries, float32, exact norms"] = rows(lib.f32_rows, q_lanes, True)
+    if hasattr(lib, "f32_pair_rows"):
+        q_pairs = _pair_lanes(q16)
+        out["bound: 16 queries, float32 pairs"] = rows(lib.f32_pair_rows, q_pairs, False)
+        out["bound: 16 queries, float32 pairs, exact norms"] = rows(lib.f32_pair_rows, q_pairs,
+                                                                    True)
     if hasattr(lib, "bf16_rows"):
         pairs = _bf16_pairs(q_lanes)
         out["bound: 16 queries, bfloat16"] = rows(lib.bf16_rows, pairs, False)
@@ -170,9 +175,9 @@ def _check_bounds(bounds, db, q16, norms):
     best = max(float((part @ q16.T).max()) for part in np.array_split(db, 10))
     scale = float(np.linalg.norm(q16, axis=1).max() * np.linalg.norm(db, axis=1).max())
     for name, run in bounds.items():
-        kind = next((k for k in BOUND_TOLERANCE if name.endswith(k) or f"{k}," in name), None)
-        if kind is None:
+        if not name.startswith("bound:"):
             continue
+        kind = name.split(", ")[1].split()[0]  # "bound: 16 queries, <kind>[ ...][, ...]"
         norms[:] = 0
         got = max(run())
         if abs(got - best) > BOUND_TOLERANCE[kind] * scale:
@@ -195,6 +200,13 @@ def _compile(tmp):
         print(f"# C bounds skipped: {e}")
         return None
     return ctypes.CDLL(str(lib))
+
+
+def _pair_lanes(q16):
+    """Queries as `f32_pair_rows` takes them: per pair of coordinates two vectors, lane
+    2i + c of vector v holding query 8v + i at the pair's coordinate c."""
+    halves = q16.reshape(2, 8, -1, 2)  # vector, query in it, pair, coordinate in the pair
+    return np.ascontiguousarray(halves.transpose(2, 0, 1, 3))
 
 
 def _bf16_pairs(q_lanes):

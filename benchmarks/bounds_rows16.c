@@ -7,6 +7,11 @@
  *           (the row-streaming kernel's loop: 384 multiply-adds a row at d = 384), sixteen rows
  *           a group, the group four ahead prefetched; with `norms`, each group's exact float64
  *           sums of squares (convert, then multiply-add) after its scores, while it is in L1.
+ * f32_pair_rows: the same products in another register tile: fourteen rows a group, each
+ *           pair of a row's coordinates broadcast at once (vbroadcastsd) against two vectors
+ *           of eight queries x the pair's two coordinates, so that one load feeds two
+ *           multiply-adds (the loop above needs a load for each); the pair's two partial sums
+ *           are added at the end of the row. The fastest float32 loop found for 16 queries.
  * bf16_rows: the same with each group's rows rounded to bfloat16 pairs first (vcvtne2ps2bf16)
  *           and vdpbf16ps: two products a lane per instruction, half the instructions.
  * i8_rows:  the same with each group's rows quantised to bytes first: one scale a row (its
@@ -81,6 +86,60 @@ static inline __attribute__((always_inline)) float f32_rows_at(
 float f32_rows(const float *q, const float *rows, size_t n, size_t dim, double *norms) {
     if (dim % 16) return NAN; /* the norms' loop takes whole vectors */
     return dim == 384 ? f32_rows_at(q, rows, n, 384, norms) : f32_rows_at(q, rows, n, dim, norms);
+}
+/* q2: dim/2 x 32 (per coordinate pair, two vectors: lane 2i + c of vector v holds query 8v + i
+ * at coordinate 2p + c); rows: n x dim, R rows a group. */
+static inline __attribute__((always_inline)) __m512 f32_pair_group(
+    const float *q2, const float *base, size_t dim, int R, const char *ahead, const char *end,
+    __m512 best) {
+    __m512 a[14], b[14];
+    for (int r = 0; r < R; r++) a[r] = b[r] = _mm512_setzero_ps();
+    for (size_t k = 0; k < dim; k += 2) {
+        if (ahead + 64 < end) {
+            _mm_prefetch(ahead, _MM_HINT_T0);
+            _mm_prefetch(ahead + 64, _MM_HINT_T0);
+        }
+        ahead += 128;
+        __m512 qa = _mm512_loadu_ps(q2 + k * 16), qb = _mm512_loadu_ps(q2 + k * 16 + 16);
+        for (int r = 0; r < R; r++) {
+            double pair;
+            __builtin_memcpy(&pair, base + r * dim + k, sizeof pair);
+            __m512 x = _mm512_castpd_ps(_mm512_set1_pd(pair));
+            a[r] = _mm512_fmadd_ps(qa, x, a[r]);
+            b[r] = _mm512_fmadd_ps(qb, x, b[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) { /* lanes 2i and 2i + 1 both end as query i's score */
+        __m512 s = _mm512_add_ps(a[r], _mm512_permute_ps(a[r], 0xB1));
+        __m512 t = _mm512_add_ps(b[r], _mm512_permute_ps(b[r], 0xB1));
+        best = _mm512_max_ps(best, _mm512_max_ps(s, t));
+    }
+    return best;
+}
+
+static inline __attribute__((always_inline)) float f32_pair_rows_at(
+    const float *q2, const float *rows, size_t n, size_t dim, double *norms) {
+    enum { P = 14 };
+    __m512 best = _mm512_set1_ps(-1e30f);
+    const char *end = (const char *)(rows + n * dim);
+    size_t r0 = 0;
+    for (; r0 + P <= n; r0 += P) {
+        const float *base = rows + r0 * dim;
+        best = f32_pair_group(q2, base, dim, P, (const char *)(base + 4 * P * dim), end, best);
+        if (norms) sums_of_squares(base, P, dim, norms + r0);
+    }
+    for (; r0 < n; r0++) { /* the last rows, one a group */
+        const float *base = rows + r0 * dim;
+        best = f32_pair_group(q2, base, dim, 1, end, end, best);
+        if (norms) sums_of_squares(base, 1, dim, norms + r0);
+    }
+    return _mm512_reduce_max_ps(best);
+}
+
+float f32_pair_rows(const float *q2, const float *rows, size_t n, size_t dim, double *norms) {
+    if (dim % 16) return NAN; /* the norms' loop takes whole vectors */
+    return dim == 384 ? f32_pair_rows_at(q2, rows, n, 384, norms)
+                      : f32_pair_rows_at(q2, rows, n, dim, norms);
 }
 #endif
 
