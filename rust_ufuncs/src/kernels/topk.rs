@@ -225,7 +225,7 @@ impl<T: Real> Problem<'_, T> {
             && self.split(threads) != Split::Queries
             && nq > simd::FILTER_QUERIES
             && nq <= BOUNDS_PANELS * w
-            && !simd::Bf16Queries::applies::<T>(s.isa, s.kind(), s.q.d, nq)
+            && !simd::FilterQueries::bfloat16::<T>(s.isa, s.kind(), s.q.d, nq)
     }
 
     fn run<const HIGHER: bool>(
@@ -270,7 +270,7 @@ impl<T: Real> Problem<'_, T> {
         let (isa, kind) = (self.scorer.isa, self.scorer.kind());
         let filter_by_split = nq > rows_path
             && per_thread <= rows_path
-            && simd::Bf16Queries::applies::<T>(isa, kind, d, per_thread);
+            && simd::FilterQueries::applies::<T>(isa, kind, d, per_thread);
         if !database || partials > PARTIALS_BUDGET || filter_by_split {
             Split::Queries
         } else {
@@ -459,7 +459,10 @@ impl<T: Real> Problem<'_, T> {
         let n = scorer.db.n;
         if rows_path {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
-            let bf16 = simd::Bf16Queries::new(scorer.isa, scorer.kind(), &q_packed, d, nq);
+            // Bounded scales (a first search that keeps no norms) skip the exact norms that
+            // the pair filter would make on the way, and measured faster than it.
+            let bf16 = simd::FilterQueries::new(scorer.isa, scorer.kind(), &q_packed, d, nq)
+                .filter(|f| !(f.pairs() && self.bounds.is_some()));
             if let (Some(b), true) = (&bf16, selectors.barred(nq)) {
                 b.bars_given();
             }
@@ -472,9 +475,9 @@ impl<T: Real> Problem<'_, T> {
             let mut own_norms = Buf::take();
             for start in (0..n).step_by(block) {
                 let rows = start..(start + block).min(n);
-                // The bfloat16 filter takes this block unless it is among the scan's first
-                // rows (none when every query's bar was given) or the filter gave up
-                // (`Bf16Queries::worth_it`).
+                // The filter (bfloat16 or pairs) takes this block unless it is among the
+                // scan's first rows (none when every query's bar was given) or the filter gave
+                // up (`FilterQueries::worth_it`).
                 let filter = bf16.as_ref().filter(|b| b.worth_it());
                 if let (Some(b), None) = (&bf16, filter) {
                     b.skipped(rows.len());
@@ -523,7 +526,7 @@ impl<T: Real> Problem<'_, T> {
                     d,
                     scale: scaled.then_some(&scale[..]),
                     prefetch: scorer.db.slice(next).data,
-                    bf16: filter,
+                    filter,
                     scale_bounds: bounds,
                 };
                 let mut candidates = Group {
@@ -603,7 +606,7 @@ impl<T: Real> Problem<'_, T> {
         let s = &self.scorer;
         let group = self.rows_path_queries();
         let pays = filter_group_pays(queries, group, self.k, s.q.d, s.db.n)
-            && simd::Bf16Queries::applies::<T>(s.isa, s.kind(), s.q.d, group);
+            && simd::FilterQueries::applies::<T>(s.isa, s.kind(), s.q.d, group);
         pays.then_some(group)
     }
 }
@@ -1282,14 +1285,15 @@ mod tests {
     }
 
     /// One or two queries go through the few-query filter (`simd::FILTER_QUERIES`); 17 and 40,
-    /// on `Avx512Bf16` for f32 cosine and dot, through the bfloat16 filter (after the first
-    /// 4,096 rows), fewer through the row-streaming kernel; 200 through the packed panels. All
-    /// give the same bits, on every ISA, with norms given or computed on the way.
+    /// on `Avx512Bf16` for f32 cosine and dot, through the bfloat16 filter, and 3, 5 and 16 on
+    /// AVX-512 with an even `d` through the pair filter (both after the first 4,096 rows),
+    /// otherwise through the row-streaming kernel; 200 through the packed panels. All give the
+    /// same bits, on every ISA, with norms given or computed on the way.
     fn filter_gives_the_exact_bits<T: Real>() {
         let mut rng = Lcg::new(31);
         for d in [3, 16, 37, 100, 385] {
-            // The near ties after the first 4,096 rows, which the bfloat16 filter leaves to the
-            // plain kernel.
+            // The near ties after the first 4,096 rows, which the filters leave to the plain
+            // kernel.
             let (plain, tied) = (4096, 1500);
             let ndb = plain + tied;
             let mut db: Vec<T> = random_matrix(&mut rng, plain, d);
@@ -1559,7 +1563,7 @@ mod tests {
     }
 
     /// Rows that all tie send every row to the exact kernel, so the bfloat16 filter gives up
-    /// after a few blocks (`simd::Bf16Queries::worth_it`) and the plain kernel finishes the
+    /// after a few blocks (`simd::FilterQueries::worth_it`) and the plain kernel finishes the
     /// scan, computing the norms the filter would have: the same bits as the packed panels.
     #[test]
     fn the_bfloat16_filter_gives_up_on_ties_with_the_same_bits() {

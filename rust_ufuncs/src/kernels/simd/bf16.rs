@@ -28,11 +28,22 @@
 //! comparison with the bar is evaluated with upward rounding, so the arithmetic of the test
 //! itself cannot lose a row. A score that is not finite (an input that overflowed bfloat16,
 //! NaN) never rejects a row.
+//!
+//! Three to sixteen queries (`PAIR_QUERIES`) take the same filter with float32 products in
+//! another register tile (`pairs`): each pair of a row's coordinates is broadcast at once
+//! against vectors of eight queries x the pair's two coordinates, so that one load feeds one
+//! multiply-add a vector of queries (two for nine queries or more), where the row-streaming
+//! kernel needs a load for each, and up to eight queries fill a vector where the row-streaming
+//! kernel leaves half its lanes or more empty. Its scores sum the even and the odd coordinates
+//! apart, another order than the exact kernel's, so they too only filter; the bound is then
+//! the two orders' rounding alone (`BoundTerms::new` for `Products::F32Pairs`).
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::{has_bf16, Accumulator, Isa, Real, BLOCK};
+use super::{effective, has_bf16, Accumulator, Isa, Real, BLOCK};
+
+mod pairs;
 
 /// Fewest queries the filter takes. With one panel (16 queries or fewer) the row-streaming
 /// kernel is close to the memory's speed, and on the benchmark's clustered data the filter
@@ -55,6 +66,9 @@ const WINDOW: usize = 4096;
 const LANES: usize = 16;
 /// Database rows scored together, one accumulator each.
 const GROUP: usize = 16;
+/// Queries the float32 pair filter takes (`pairs`): from three (one or two go through the
+/// few-query filter) to one panel.
+pub const PAIR_QUERIES: std::ops::RangeInclusive<usize> = 3..=16;
 /// bfloat16 unit roundoff: 8 significant bits.
 const U_BF16: f64 = 1.0 / 256.0;
 /// f32 unit roundoff.
@@ -62,11 +76,25 @@ const U_F32: f64 = 1.0 / 16_777_216.0;
 /// The smallest normal f32 (2^-126): below it the bfloat16 instructions flush to zero.
 const FLUSH: f64 = f32::MIN_POSITIVE as f64;
 
-/// The queries of a row-streaming scan in the filter's layout, prepared once per scan: for
-/// every panel of `LANES` queries and every pair of coordinates `2j, 2j + 1`, one vector of
-/// `LANES` lanes, each holding that query's two coordinates as bfloat16 (low half: `2j`), and
-/// per query the two terms of its bound.
-pub struct Bf16Queries {
+/// The products a filter scores with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Products {
+    /// `vdpbf16ps` on values rounded to bfloat16, from `BF16_QUERIES` queries.
+    Bf16,
+    /// float32 multiply-adds on pairs of coordinates (`pairs`), `PAIR_QUERIES` queries.
+    F32Pairs,
+}
+
+/// The queries of a row-streaming scan in the filter's layout, prepared once per scan, and
+/// per query the two terms of its bound. For `Products::Bf16`, for every panel of `LANES`
+/// queries and every pair of coordinates `2j, 2j + 1`, one vector of `LANES` lanes, each
+/// holding that query's two coordinates as bfloat16 (low half: `2j`). For
+/// `Products::F32Pairs` (one panel), for every pair of coordinates `vectors` vectors of f32
+/// bits, lane `2i + c` of vector `v` holding query `8v + i` at coordinate `2j + c`.
+pub struct FilterQueries {
+    products: Products,
+    /// `Products::F32Pairs`: vectors per pair of coordinates (one up to eight queries).
+    vectors: usize,
     pairs: Vec<u32>,
     /// `ceil(d / 2)`: pairs per panel (an odd `d` ends with a zero).
     n_pairs: usize,
@@ -83,12 +111,53 @@ pub struct Bf16Queries {
     given_up: AtomicBool,
 }
 
-impl Bf16Queries {
+impl FilterQueries {
     /// Whether `new` gives the filter for a scan of `queries` queries of `d` coordinates.
     pub fn applies<T: Real>(isa: Isa, kind: Accumulator, d: usize, queries: usize) -> bool {
+        Self::products::<T>(isa, kind, d, queries).is_some()
+    }
+
+    /// Whether `new` gives the bfloat16 filter (`Products::Bf16`) for such a scan.
+    pub fn bfloat16<T: Real>(isa: Isa, kind: Accumulator, d: usize, queries: usize) -> bool {
+        Self::products::<T>(isa, kind, d, queries) == Some(Products::Bf16)
+    }
+
+    /// The filter's products for such a scan, if any: f32 dot products only; bfloat16 for
+    /// `BF16_QUERIES` queries up on CPUs with AVX512_BF16, float32 pairs for `PAIR_QUERIES`
+    /// with AVX-512 and an even number of coordinates.
+    fn products<T: Real>(
+        isa: Isa,
+        kind: Accumulator,
+        d: usize,
+        queries: usize,
+    ) -> Option<Products> {
         let f32_dots = kind == Accumulator::Dot && TypeId::of::<T>() == TypeId::of::<f32>();
-        let sized = queries >= BF16_QUERIES && (1..=BF16_MAX_FEATURES).contains(&d);
-        has_bf16(isa) && f32_dots && sized
+        if !f32_dots {
+            None
+        } else if has_bf16(isa) && queries >= BF16_QUERIES && (1..=BF16_MAX_FEATURES).contains(&d) {
+            Some(Products::Bf16)
+        } else if effective(isa) == Isa::Avx512
+            && PAIR_QUERIES.contains(&queries)
+            && d > 0
+            && d.is_multiple_of(2)
+        {
+            Some(Products::F32Pairs)
+        } else {
+            None
+        }
+    }
+
+    /// Whether this is the pair filter (`Products::F32Pairs`).
+    pub fn pairs(&self) -> bool {
+        self.products == Products::F32Pairs
+    }
+
+    /// Whether `isa` runs this filter's products.
+    pub fn runs_on(&self, isa: Isa) -> bool {
+        match self.products {
+            Products::Bf16 => has_bf16(isa),
+            Products::F32Pairs => effective(isa) == Isa::Avx512,
+        }
     }
 
     /// The filter's queries when it applies to a scan on `isa` of `queries` packed queries
@@ -103,9 +172,7 @@ impl Bf16Queries {
         d: usize,
         queries: usize,
     ) -> Option<Self> {
-        if !Self::applies::<T>(isa, kind, d, queries) {
-            return None;
-        }
+        let products = Self::products::<T>(isa, kind, d, queries)?;
         let panels = queries.div_ceil(LANES);
         assert!(q.len() >= panels * LANES * d, "packed queries");
         let n_pairs = d.div_ceil(2);
@@ -116,27 +183,46 @@ impl Bf16Queries {
                 0.0
             }
         };
-        let mut pairs = vec![0u32; panels * n_pairs * LANES];
+        let vectors = if products == Products::F32Pairs {
+            queries.div_ceil(LANES / 2)
+        } else {
+            1
+        };
+        let mut pairs = vec![0u32; panels * n_pairs * LANES * vectors];
         for p in 0..panels {
             for j in 0..n_pairs {
-                for l in 0..LANES {
-                    let (lo, hi) = (value(p, 2 * j, l), value(p, 2 * j + 1, l));
-                    pairs[(p * n_pairs + j) * LANES + l] =
-                        u32::from(to_bf16(lo)) | u32::from(to_bf16(hi)) << 16;
+                for l in 0..LANES * vectors {
+                    let at = (p * n_pairs + j) * LANES * vectors + l;
+                    pairs[at] = match products {
+                        Products::Bf16 => {
+                            let (lo, hi) = (value(p, 2 * j, l), value(p, 2 * j + 1, l));
+                            u32::from(to_bf16(lo)) | u32::from(to_bf16(hi)) << 16
+                        }
+                        // Lane `l % 16` of vector `l / 16`: query `8 (l / 16) + l % 16 / 2`.
+                        Products::F32Pairs => {
+                            value(0, 2 * j + l % 2, l / LANES * 8 + l % LANES / 2).to_bits()
+                        }
+                    };
                 }
             }
         }
-        let terms = BoundTerms::new(d);
+        let terms = BoundTerms::new(d, products);
         let mut a = vec![0.0f32; panels * LANES];
         let mut c = vec![0.0f32; panels * LANES];
         for p in 0..panels {
             for l in 0..LANES {
-                let sizes = QuerySizes::new((0..d).map(|k| value(p, k, l)));
+                let values = (0..d).map(|k| value(p, k, l));
+                let sizes = match products {
+                    Products::Bf16 => QuerySizes::new(values),
+                    Products::F32Pairs => QuerySizes::unrounded(values),
+                };
                 a[p * LANES + l] = round_up(terms.a(&sizes));
                 c[p * LANES + l] = round_up(terms.per_size * sizes.q + terms.fixed);
             }
         }
-        Some(Bf16Queries {
+        Some(FilterQueries {
+            products,
+            vectors,
             pairs,
             n_pairs,
             panels,
@@ -197,15 +283,26 @@ struct BoundTerms {
 }
 
 impl BoundTerms {
-    fn new(d: usize) -> Self {
+    fn new(d: usize, products: Products) -> Self {
         let gamma = |h: f64| h * U_F32 / (1.0 - h * U_F32).max(0.5);
         // Each rounding counted twice over (an implementation that truncates is off by 2 u).
-        let filter_roundings = 4.0 * d.div_ceil(2) as f64 + 4.0;
+        // bfloat16: a sum over the pairs, two products a step; float32 pairs: a chain of
+        // multiply-adds over the even (or odd) coordinates, then the two chains' sum.
+        let filter_roundings = match products {
+            Products::Bf16 => 4.0 * d.div_ceil(2) as f64 + 4.0,
+            Products::F32Pairs => 2.0 * (d.div_ceil(2) + 1) as f64 + 4.0,
+        };
+        // The filter's inputs as they are (float32) or rounded to bfloat16.
+        let u_inputs = if products == Products::Bf16 {
+            U_BF16
+        } else {
+            0.0
+        };
         let exact_roundings = 2.0 * BLOCK as f64 + d.div_ceil(BLOCK) as f64 + 4.0;
         let (gamma_f, gamma_e) = (gamma(filter_roundings), gamma(exact_roundings));
         let room = 1.0 + 1.0 / 1024.0;
         BoundTerms {
-            x_side: (U_BF16 + gamma_f * (1.0 + U_BF16)) * room,
+            x_side: (u_inputs + gamma_f * (1.0 + u_inputs)) * room,
             exact: gamma_e * room,
             per_size: 2.0 * (d as f64).sqrt() * FLUSH,
             fixed: 2.0 * (d as f64 + filter_roundings + 4.0 * (d as f64 + 1.0)) * FLUSH,
@@ -250,6 +347,16 @@ impl QuerySizes {
             residual: up(residual),
         }
     }
+
+    /// The sizes of a query whose products take it as it is (no rounding, no residual).
+    fn unrounded(values: impl Iterator<Item = f32>) -> Self {
+        let q = values.map(|v| f64::from(v).powi(2)).sum::<f64>().sqrt() * (1.0 + 1e-12);
+        QuerySizes {
+            q,
+            rounded: q,
+            residual: 0.0,
+        }
+    }
 }
 
 /// `x` rounded up to f32 (x >= 0; the margin covers the conversion's rounding to nearest).
@@ -290,8 +397,28 @@ fn size_from_sum(sum: f64) -> f32 {
     }
 }
 
+/// The rows of `job` against its queries through the filter `job.filter` prepared, exact
+/// scores into `candidates`; cosine norms computed on the way when `norms` is given.
+///
+/// # Safety
+/// The CPU must run the filter's products (`FilterQueries::runs_on`); `job` checked as in
+/// `score_rows`, with `job.filter` given.
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::rows;
+pub(super) unsafe fn rows<T: Real, C: super::Candidates<T>>(
+    job: super::RowJob<T>,
+    candidates: &mut C,
+    queries: usize,
+    norms: Option<super::NormsOnTheWay<T>>,
+) {
+    let prep = job.filter.expect("the filter's queries");
+    // SAFETY (both arms): forwarded; `runs_on` is each one's CPU check.
+    unsafe {
+        match prep.products {
+            Products::Bf16 => x86::rows(job, candidates, queries, norms),
+            Products::F32Pairs => pairs::rows(job, candidates, queries, norms),
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -301,7 +428,7 @@ mod x86 {
     use super::super::{
         prefetch_l2, sum_squares_rows, Candidates, Lanes, NormsOnTheWay, Real, RowJob, BLOCK,
     };
-    use super::{size_from_scale, size_from_sum, Bf16Queries, GROUP, LANES};
+    use super::{size_from_scale, size_from_sum, FilterQueries, GROUP, LANES};
 
     /// `$call` with `$s` a constant equal to `$stride`, one of `STRIDES`.
     macro_rules! at_stride {
@@ -332,16 +459,16 @@ mod x86 {
         };
     }
 
-    const UP: i32 = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC;
+    pub(super) const UP: i32 = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC;
     /// Where the bound takes a row's size from.
-    const NORMS: u8 = 0;
-    const SCALED: u8 = 1;
-    const SQUARES: u8 = 2;
+    pub(super) const NORMS: u8 = 0;
+    pub(super) const SCALED: u8 = 1;
+    pub(super) const SQUARES: u8 = 2;
     /// Cache lines to pull toward L2 (the next block's rows), spread evenly over a group's
     /// work: a burst of prefetches fills the memory queues while the arithmetic after it
     /// leaves the memory idle.
     #[derive(Clone, Copy)]
-    struct Spread {
+    pub(super) struct Spread {
         at: *const u8,
         lines: usize,
         next: usize,
@@ -352,7 +479,7 @@ mod x86 {
 
     impl Spread {
         /// `bytes` from `at` over `steps` calls of `step`.
-        fn new(at: *const u8, bytes: usize, steps: usize) -> Self {
+        pub(super) fn new(at: *const u8, bytes: usize, steps: usize) -> Self {
             let lines = bytes.div_ceil(64);
             Spread {
                 at,
@@ -364,7 +491,7 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn step(&mut self) {
+        pub(super) fn step(&mut self) {
             self.owed += self.rate;
             while self.owed >= 1 << 16 && self.next < self.lines {
                 prefetch_l2(self.at.wrapping_add(self.next * 64));
@@ -379,9 +506,10 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU must have avx512f, avx512bf16, avx2 and fma (`has_bf16`); `job` checked as in
-    /// `score_rows`, with `job.bf16` given (so T is f32 and the scores are dot products).
+    /// `score_rows`, with `job.filter` given for `Products::Bf16` (so T is f32 and the scores are
+    /// dot products).
     #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
-    pub(in super::super) unsafe fn rows<T: Real, C: Candidates<T>>(
+    pub(super) unsafe fn rows<T: Real, C: Candidates<T>>(
         job: RowJob<T>,
         candidates: &mut C,
         queries: usize,
@@ -421,7 +549,7 @@ mod x86 {
         queries: usize,
         mut norms: Option<NormsOnTheWay<T>>,
     ) {
-        let prep: &Bf16Queries = job.bf16.expect("the bfloat16 filter's queries");
+        let prep: &FilterQueries = job.filter.expect("the bfloat16 filter's queries");
         let (d, n, panels) = (job.d, job.n, prep.panels);
         assert!(V::W == LANES && panels <= job.q_panels);
         assert!(queries <= panels * LANES && queries > (panels - 1) * LANES);
@@ -524,7 +652,7 @@ mod x86 {
     /// scales given, or from the sums of squares. The sums are `sum_squares_rows` over the
     /// group while it is in L1 (four rows at a time: the norms' own order and bits).
     #[inline(always)]
-    fn row_sizes<T: Real, const MODE: u8>(
+    pub(super) fn row_sizes<T: Real, const MODE: u8>(
         job: &RowJob<T>,
         r0: usize,
         rows: usize,
@@ -554,12 +682,12 @@ mod x86 {
     }
 
     /// One panel's test: per lane, `|exact - filter| <= a * size + c`.
-    struct Test {
-        a: __m512,
-        c: __m512,
+    pub(super) struct Test {
+        pub(super) a: __m512,
+        pub(super) c: __m512,
         /// Lanes that hold a query.
-        valid: u16,
-        p: usize,
+        pub(super) valid: u16,
+        pub(super) p: usize,
     }
 
     impl Test {
@@ -571,7 +699,7 @@ mod x86 {
         /// # Safety
         /// As `rows`; `row < job.n`, `job` the exact kernel's (scales included).
         #[inline(always)]
-        unsafe fn row<T: Real, V: Lanes<T>, C: Candidates<T>>(
+        pub(super) unsafe fn row<T: Real, V: Lanes<T>, C: Candidates<T>>(
             &self,
             job: &RowJob<T>,
             candidates: &mut C,
@@ -605,7 +733,7 @@ mod x86 {
     /// A panel's bars as the selectors give them: each query's bar (NaN while it takes
     /// everything: `open`), kept up to date by refreshing the lanes offered to, and the same as
     /// f32 lanes for the filter's test (minus infinity where open or not a query).
-    struct Bars<T> {
+    pub(super) struct Bars<T> {
         values: [T; LANES],
         open: u16,
         valid: u16,
@@ -614,7 +742,7 @@ mod x86 {
 
     impl<T: Real> Bars<T> {
         #[inline(always)]
-        unsafe fn new<C: Candidates<T>>(candidates: &C, p: usize, valid: u16) -> Self {
+        pub(super) unsafe fn new<C: Candidates<T>>(candidates: &C, p: usize, valid: u16) -> Self {
             let mut bars = Bars {
                 values: [T::NAN; LANES],
                 open: 0,
@@ -657,7 +785,7 @@ mod x86 {
     }
 
     /// Lanes of panel `p` that hold one of the `queries`.
-    fn valid_lanes(queries: usize, p: usize) -> u16 {
+    pub(super) fn valid_lanes(queries: usize, p: usize) -> u16 {
         let valid = (queries - p * LANES).min(LANES);
         (((1u32 << valid) - 1) & 0xFFFF) as u16
     }
@@ -857,7 +985,7 @@ mod x86 {
     #[cfg(test)]
     #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
     pub(super) unsafe fn filter_scores(
-        prep: &Bf16Queries,
+        prep: &FilterQueries,
         p: usize,
         rows: &[f32],
         d: usize,
@@ -1075,7 +1203,7 @@ mod tests {
                     }
                 }
                 let prep =
-                    Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &packed, d, 17).unwrap();
+                    FilterQueries::new(Isa::Avx512Bf16, Accumulator::Dot, &packed, d, 17).unwrap();
                 for p in 0..2 {
                     // SAFETY: the CPU has AVX512_BF16 (checked above); `prep` is for `d`.
                     let scores = unsafe { x86::filter_scores(&prep, p, &rows, d) };
@@ -1107,6 +1235,65 @@ mod tests {
         }
     }
 
+    /// The pair filter's scores (`pairs::filter_scores`) stay within the module's bound,
+    /// `a |x| + c`, of the exact dot products (f64), for 3 to 16 queries (one vector a pair
+    /// up to eight, two from nine), whole groups of rows and the rows after them; and they
+    /// are close to it where the sums cancel (terms of 1e6 with alternating signs).
+    #[test]
+    fn pair_filter_scores_stay_within_the_bound() {
+        if effective(super::super::detect()) != Isa::Avx512 {
+            return;
+        }
+        let mut rng = Lcg::new(19);
+        for d in [2usize, 64, 384, 386] {
+            for nq in [3usize, 8, 9, 16] {
+                let queries: Vec<f32> = random_matrix(&mut rng, nq, d);
+                let mut rows: Vec<f32> = random_matrix(&mut rng, 37, d);
+                for (c, v) in rows[..d].iter_mut().enumerate() {
+                    *v += if c % 2 == 0 { 1e6 } else { -1e6 };
+                }
+                let mut packed = vec![0.0f32; LANES * d];
+                for i in 0..nq {
+                    for k in 0..d {
+                        packed[k * LANES + i] = queries[i * d + k];
+                    }
+                }
+                let prep =
+                    FilterQueries::new(Isa::Avx512, Accumulator::Dot, &packed, d, nq).unwrap();
+                assert_eq!(prep.products, Products::F32Pairs);
+                assert_eq!(prep.vectors, nq.div_ceil(8));
+                // SAFETY: the CPU has AVX-512 (checked above); `prep` is for `d`.
+                let scores = unsafe { pairs::filter_scores(&prep, &rows, d) };
+                assert_eq!(scores.len(), 37);
+                for (r, row) in rows.chunks_exact(d).enumerate() {
+                    let size = row
+                        .iter()
+                        .map(|&v| f64::from(v).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    for i in 0..nq {
+                        let q = &queries[i * d..][..d];
+                        let exact: f64 = q
+                            .iter()
+                            .zip(row)
+                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                            .sum();
+                        let bound = f64::from(prep.a[i]) * size + f64::from(prep.c[i]);
+                        let error = (exact - f64::from(scores[r][i])).abs();
+                        assert!(
+                            error <= bound,
+                            "d={d} nq={nq} row={r} query={i}: {error} > {bound}"
+                        );
+                        assert!(
+                            bound <= 1e-4 * size * 4.0,
+                            "d={d} nq={nq}: a loose bound {bound}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bfloat16_rounding_is_to_nearest_even_with_overflow_and_nan() {
         let back = |h: u16| f32::from_bits(u32::from(h) << 16);
@@ -1126,7 +1313,7 @@ mod tests {
     #[test]
     fn the_filter_starts_after_a_window_and_gives_up_when_too_many_rows_pass() {
         let q = vec![0.5f32; 2 * LANES * 8];
-        let Some(prep) = Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20) else {
+        let Some(prep) = FilterQueries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20) else {
             return; // no AVX512_BF16 here
         };
         assert!(!prep.worth_it(), "the plain kernel takes the first window");
@@ -1141,18 +1328,22 @@ mod tests {
         assert!(!prep.worth_it());
         prep.count(WINDOW, 0);
         assert!(!prep.worth_it(), "giving up is for the whole scan");
-        let fine = Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20).unwrap();
+        let fine = FilterQueries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 20).unwrap();
         fine.skipped(WINDOW);
         for _ in 0..5 {
             fine.count(WINDOW, 2 * WINDOW / GIVE_UP_ONE_IN);
         }
         assert!(fine.worth_it());
-        assert!(Bf16Queries::new(Isa::Avx512, Accumulator::Dot, &q, 8, 20).is_none());
-        assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 16).is_none());
+        assert!(FilterQueries::new(Isa::Avx512, Accumulator::Dot, &q, 8, 20).is_none());
+        let sixteen = FilterQueries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 16).unwrap();
+        assert!(sixteen.pairs(), "sixteen queries: the pair filter");
+        assert!(FilterQueries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 7, 16).is_none());
+        assert!(FilterQueries::new(Isa::Avx512Bf16, Accumulator::Dot, &q, 8, 2).is_none());
+        assert!(FilterQueries::new(Isa::Avx2, Accumulator::Dot, &q, 8, 16).is_none());
         let wide = vec![0.5f32; 2 * LANES * (BF16_MAX_FEATURES + 1)];
         let d = BF16_MAX_FEATURES + 1;
-        assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::Dot, &wide, d, 20).is_none());
-        assert!(Bf16Queries::new(Isa::Avx512Bf16, Accumulator::SquaredDiff, &q, 8, 20).is_none());
+        assert!(FilterQueries::new(Isa::Avx512Bf16, Accumulator::Dot, &wide, d, 20).is_none());
+        assert!(FilterQueries::new(Isa::Avx512Bf16, Accumulator::SquaredDiff, &q, 8, 20).is_none());
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! matrix-vector product does, and passes on to the exact score only the rows whose filter
 //! score, widened by a rigorous bound on both sums' rounding, could beat the query's bar.
 //! From `bf16::BF16_QUERIES` queries up, on CPUs with AVX512_BF16, the `bf16` filter does
-//! the same with bfloat16 dot products.
+//! the same with bfloat16 dot products; from three to sixteen, on AVX-512, its pair filter
+//! (`bf16::pairs`) with float32 products in a tile that wastes no lanes.
 
 use std::any::TypeId;
 use std::array;
@@ -30,7 +31,7 @@ use std::sync::OnceLock;
 use super::Real;
 
 mod bf16;
-pub use bf16::{Bf16Queries, BF16_MAX_FEATURES};
+pub use bf16::{FilterQueries, BF16_MAX_FEATURES};
 
 /// The instruction sets the kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -867,9 +868,10 @@ pub struct RowJob<'a, T> {
     /// Memory to pull into the L2 cache meanwhile (the next job's rows), spread over the run,
     /// so that reading it overlaps with this job's arithmetic.
     pub prefetch: &'a [T],
-    /// The queries in the bfloat16 filter's layout (`Bf16Queries::new`, given `isa` and `q`),
-    /// when that filter is to screen the rows; the results are the same bits either way.
-    pub bf16: Option<&'a Bf16Queries>,
+    /// The queries in a filter's layout (`FilterQueries::new`, given `isa` and `q`: the
+    /// bfloat16 filter or the float32 pair filter), when that filter is to screen the rows;
+    /// the results are the same bits either way.
+    pub filter: Option<&'a FilterQueries>,
     /// Cosine with the database norms unknown and not wanted (`scale` is then `None`): the
     /// kernel bounds each row's scale and computes the exact one only where it matters.
     pub scale_bounds: Option<ScaleBounds<'a, T>>,
@@ -893,7 +895,7 @@ pub struct ScaleBounds<'a, T> {
 
 /// Scores the first `queries` packed queries of `job` against all its rows into `candidates`
 /// (`offer_row`), rows in ascending order. Up to `FILTER_QUERIES` queries go through the
-/// few-query filter, more through the bfloat16 filter when `job.bf16` is given; either filter
+/// few-query filter, more through the bfloat16 or pair filter when `job.filter` is given; any filter
 /// can also compute cosine norms on the way (`norms`; `job.scale` must then be `None`).
 pub fn score_rows<T: Real, C: Candidates<T>>(
     isa: Isa,
@@ -911,7 +913,7 @@ pub fn score_rows<T: Real, C: Candidates<T>>(
     }
     if let Some(on_the_way) = &norms {
         assert!(
-            (queries <= FILTER_QUERIES && job.q_panels == 1) || job.bf16.is_some(),
+            (queries <= FILTER_QUERIES && job.q_panels == 1) || job.filter.is_some(),
             "norms on the way: a filter"
         );
         assert!(
@@ -926,14 +928,19 @@ pub fn score_rows<T: Real, C: Candidates<T>>(
             "scale bounds: cosine, no scales given"
         );
         assert!(
-            job.bf16.is_none() && norms.is_none() && (queries > FILTER_QUERIES || job.q_panels > 1),
+            job.filter.is_none()
+                && norms.is_none()
+                && (queries > FILTER_QUERIES || job.q_panels > 1),
             "scale bounds: not a filter"
         );
     }
-    if job.bf16.is_some() {
-        assert!(has_bf16(isa), "the bfloat16 filter needs AVX512_BF16");
+    if let Some(filter) = job.filter {
+        assert!(
+            filter.runs_on(isa),
+            "the filter's products need their instructions"
+        );
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `has_bf16` checked the CPU; `Bf16Queries` exist only for f32 dot products.
+        // SAFETY: `runs_on` checked the CPU; `FilterQueries` exist only for f32 dot products.
         return unsafe { bf16::rows(job, candidates, queries, norms) };
     }
     match effective(isa) {
@@ -2641,7 +2648,7 @@ mod tests {
                         d,
                         scale: sc.map(|s| &s[..n]),
                         prefetch: &db[..10],
-                        bf16: None,
+                        filter: None,
                         scale_bounds: None,
                     };
                     score_rows(isa, job, &mut b, nq, None);
