@@ -19,15 +19,18 @@ mod x86 {
 
     use super::super::super::super::scratch::Buf;
     use super::super::super::{Candidates, Lanes, NormsOnTheWay, Real, RowJob};
-    use super::super::x86::{row_sizes, valid_lanes, Bars, Spread, Test, NORMS, SCALED, SQUARES};
+    use super::super::x86::{row_sizes, valid_lanes, Bars, Test, NORMS, SCALED, SQUARES};
     use super::super::{FilterQueries, Products, GROUP, LANES};
 
     /// Rows a register tile takes: with two vectors of queries a pair, sixteen accumulators
     /// (fourteen rows measured no faster); with one, eight chains of multiply-adds are enough
     /// to keep both multipliers busy, and sixteen rows spilled one accumulator.
     const HALF: usize = GROUP / 2;
-    /// Tiles ahead the products pull rows toward L1 (one measured faster than none or two).
-    const AHEAD_TILES: usize = 1;
+    /// Tiles ahead the products pull rows toward L1, a line a pair of coordinates, past the
+    /// block into the next (the rows that follow in memory; a prefetch never faults). Two
+    /// measured faster than one, or four, or the bfloat16 filter's `Spread` of the next block
+    /// toward L2.
+    const AHEAD_TILES: usize = 2;
 
     /// The rows of `job` against its queries through the pair filter, exact scores into
     /// `candidates`; cosine norms computed on the way when `norms` is given.
@@ -99,15 +102,8 @@ mod x86 {
             };
             for r0 in (0..n).step_by(GROUP) {
                 let rows = GROUP.min(n - r0);
-                // The same rows of the next block, toward L2, one line now and then over the
-                // products.
-                let len = job.prefetch.len();
-                let pf_bytes = ((r0 + rows) * d).min(len).saturating_sub(r0 * d) * 4;
-                let pf_at = job.prefetch.as_ptr().wrapping_add(r0 * d).cast::<u8>();
-                let calls = if rows == GROUP { 2 } else { rows };
-                let mut pf = Spread::new(pf_at, pf_bytes, calls * prep.n_pairs);
                 let src = job.db.as_ptr().add(r0 * d).cast::<f32>();
-                let scores = group_scores(q, src, d, rows, vectors, &mut pf);
+                let scores = group_scores(q, src, d, rows, vectors);
                 row_sizes::<T, MODE>(&job, r0, rows, &mut norms, &mut scales, &mut sizes);
                 let exact_job = RowJob {
                     scale: if MODE == NORMS {
@@ -140,21 +136,20 @@ mod x86 {
         d: usize,
         rows: usize,
         vectors: usize,
-        pf: &mut Spread,
     ) -> [__m512; GROUP] {
         // SAFETY: forwarded; each call's rows lie within the group's.
         unsafe {
             match (rows == GROUP, vectors) {
                 (true, 1) => {
                     let mut out = [_mm512_setzero_ps(); GROUP];
-                    out[..HALF].copy_from_slice(&products::<HALF, 1>(q, src, d, pf));
-                    out[HALF..].copy_from_slice(&products::<HALF, 1>(q, src.add(HALF * d), d, pf));
+                    out[..HALF].copy_from_slice(&products::<HALF, 1>(q, src, d));
+                    out[HALF..].copy_from_slice(&products::<HALF, 1>(q, src.add(HALF * d), d));
                     out
                 }
                 (true, _) => {
                     let mut out = [_mm512_setzero_ps(); GROUP];
-                    out[..HALF].copy_from_slice(&products::<HALF, 2>(q, src, d, pf));
-                    out[HALF..].copy_from_slice(&products::<HALF, 2>(q, src.add(HALF * d), d, pf));
+                    out[..HALF].copy_from_slice(&products::<HALF, 2>(q, src, d));
+                    out[HALF..].copy_from_slice(&products::<HALF, 2>(q, src.add(HALF * d), d));
                     out
                 }
                 _ => {
@@ -162,9 +157,9 @@ mod x86 {
                     for (r, score) in out.iter_mut().enumerate().take(rows) {
                         let at = src.add(r * d);
                         [*score] = if vectors == 1 {
-                            products::<1, 1>(q, at, d, pf)
+                            products::<1, 1>(q, at, d)
                         } else {
-                            products::<1, 2>(q, at, d, pf)
+                            products::<1, 2>(q, at, d)
                         };
                     }
                     out
@@ -174,7 +169,7 @@ mod x86 {
     }
 
     /// `R` rows (`d` apart from `rows`) against the queries `q`, `VECS` vectors a pair of
-    /// coordinates, a step of `pf` per pair; then each row's even and odd sums added, query
+    /// coordinates; then each row's even and odd sums added, query
     /// `i` to lane `i` (lanes past the queries hold what they hold). Not inlined: on its own
     /// the compiler keeps the accumulators in registers.
     ///
@@ -186,14 +181,13 @@ mod x86 {
         q: *const f32,
         rows: *const f32,
         d: usize,
-        pf: &mut Spread,
     ) -> [__m512; R] {
         // SAFETY: forwarded.
         unsafe {
             match d {
-                384 => products_at::<R, VECS, 384>(q, rows, pf),
-                768 => products_at::<R, VECS, 768>(q, rows, pf),
-                _ => products_in::<R, VECS>(q, rows, d, pf),
+                384 => products_at::<R, VECS, 384>(q, rows),
+                768 => products_at::<R, VECS, 768>(q, rows),
+                _ => products_in::<R, VECS>(q, rows, d),
             }
         }
     }
@@ -207,10 +201,9 @@ mod x86 {
     unsafe fn products_at<const R: usize, const VECS: usize, const D: usize>(
         q: *const f32,
         rows: *const f32,
-        pf: &mut Spread,
     ) -> [__m512; R] {
         // SAFETY: forwarded.
-        unsafe { products_in::<R, VECS>(q, rows, D, pf) }
+        unsafe { products_in::<R, VECS>(q, rows, D) }
     }
 
     /// # Safety
@@ -220,20 +213,15 @@ mod x86 {
         q: *const f32,
         rows: *const f32,
         d: usize,
-        pf: &mut Spread,
     ) -> [__m512; R] {
         // SAFETY: every read lies within the rows (pair j of a row: values 2j and 2j + 1 < d)
         // or the queries.
         unsafe {
-            // A copy the compiler keeps in registers.
-            let mut spread = *pf;
             let mut acc = [[_mm512_setzero_ps(); VECS]; R];
             let mut qv = [_mm512_setzero_ps(); VECS];
-            // The next tile's rows (the same lines as this one's, `R * d` values on), a line a
-            // pair, toward L1.
+            // The rows `AHEAD_TILES` tiles on (as many lines as this tile's), a line a pair.
             let ahead = rows.wrapping_add(AHEAD_TILES * R * d).cast::<i8>();
             for j in 0..d / 2 {
-                spread.step();
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(j * 64));
                 for (v, qv) in qv.iter_mut().enumerate() {
                     *qv = _mm512_loadu_ps(q.add((j * VECS + v) * LANES));
@@ -246,7 +234,6 @@ mod x86 {
                     }
                 }
             }
-            *pf = spread;
             // Lanes 2i and 2i + 1 of a vector: query i's even and odd sums. (No closures
             // here: they would not inherit the target features, and the intrinsics in them
             // would be calls.)
@@ -277,15 +264,12 @@ mod x86 {
     ) -> Vec<[f32; LANES]> {
         assert!(prep.products == Products::F32Pairs && prep.n_pairs * 2 == d);
         let n = rows.len() / d;
-        let mut pf = Spread::new(std::ptr::null(), 0, 1);
         let mut scores = Vec::new();
         for r0 in (0..n).step_by(GROUP) {
             let count = GROUP.min(n - r0);
             let q = prep.pairs.as_ptr().cast::<f32>();
             // SAFETY: forwarded; the group's rows lie within `rows`.
-            let group = unsafe {
-                group_scores(q, rows[r0 * d..].as_ptr(), d, count, prep.vectors, &mut pf)
-            };
+            let group = unsafe { group_scores(q, rows[r0 * d..].as_ptr(), d, count, prep.vectors) };
             for score in group.iter().take(count) {
                 let mut out = [0.0f32; LANES];
                 // SAFETY: `out` holds LANES values.
