@@ -468,7 +468,7 @@ mod x86 {
     /// work: a burst of prefetches fills the memory queues while the arithmetic after it
     /// leaves the memory idle.
     #[derive(Clone, Copy)]
-    struct Spread {
+    pub(super) struct Spread {
         at: *const u8,
         lines: usize,
         next: usize,
@@ -479,7 +479,7 @@ mod x86 {
 
     impl Spread {
         /// `bytes` from `at` over `steps` calls of `step`.
-        fn new(at: *const u8, bytes: usize, steps: usize) -> Self {
+        pub(super) fn new(at: *const u8, bytes: usize, steps: usize) -> Self {
             let lines = bytes.div_ceil(64);
             Spread {
                 at,
@@ -491,7 +491,7 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn step(&mut self) {
+        pub(super) fn step(&mut self) {
             self.owed += self.rate;
             while self.owed >= 1 << 16 && self.next < self.lines {
                 prefetch_l2(self.at.wrapping_add(self.next * 64));

@@ -19,7 +19,7 @@ mod x86 {
 
     use super::super::super::super::scratch::Buf;
     use super::super::super::{Candidates, Lanes, NormsOnTheWay, Real, RowJob};
-    use super::super::x86::{row_sizes, valid_lanes, Bars, Test, NORMS, SCALED, SQUARES};
+    use super::super::x86::{row_sizes, valid_lanes, Bars, Spread, Test, NORMS, SCALED, SQUARES};
     use super::super::{FilterQueries, Products, GROUP, LANES};
 
     /// Rows a register tile takes: with two vectors of queries a pair, sixteen accumulators
@@ -27,10 +27,19 @@ mod x86 {
     /// to keep both multipliers busy, and sixteen rows spilled one accumulator.
     const HALF: usize = GROUP / 2;
     /// Tiles ahead the products pull rows toward L1, a line a pair of coordinates, past the
-    /// block into the next (the rows that follow in memory; a prefetch never faults). Two
-    /// measured faster than one, or four, or the bfloat16 filter's `Spread` of the next block
-    /// toward L2.
-    const AHEAD_TILES: usize = 2;
+    /// block into the next (the rows that follow in memory; a prefetch never faults): with
+    /// one vector of queries (`VECS`), one tile, and the next block's rows toward L2 as well
+    /// (`Spread`, as the bfloat16 filter does); with two, two tiles and nothing toward L2.
+    /// Each measured the fastest of the four ways in both of the memory's spells, but for one
+    /// vector in a fast spell (two tiles without `Spread` 3% faster, but 10% slower in a slow
+    /// spell, where the L1's few misses in flight cannot cover the memory's latency).
+    const fn ahead_tiles(vecs: usize) -> usize {
+        if vecs == 1 {
+            1
+        } else {
+            2
+        }
+    }
 
     /// The rows of `job` against its queries through the pair filter, exact scores into
     /// `candidates`; cosine norms computed on the way when `norms` is given.
@@ -102,8 +111,15 @@ mod x86 {
             };
             for r0 in (0..n).step_by(GROUP) {
                 let rows = GROUP.min(n - r0);
+                // With one vector of queries, the same rows of the next block toward L2, one
+                // line now and then over the products.
+                let len = if vectors == 1 { job.prefetch.len() } else { 0 };
+                let pf_bytes = ((r0 + rows) * d).min(len).saturating_sub(r0 * d) * 4;
+                let pf_at = job.prefetch.as_ptr().wrapping_add(r0 * d).cast::<u8>();
+                let calls = if rows == GROUP { 2 } else { rows };
+                let mut pf = Spread::new(pf_at, pf_bytes, calls * prep.n_pairs);
                 let src = job.db.as_ptr().add(r0 * d).cast::<f32>();
-                let scores = group_scores(q, src, d, rows, vectors);
+                let scores = group_scores(q, src, d, rows, vectors, &mut pf);
                 row_sizes::<T, MODE>(&job, r0, rows, &mut norms, &mut scales, &mut sizes);
                 let exact_job = RowJob {
                     scale: if MODE == NORMS {
@@ -136,20 +152,21 @@ mod x86 {
         d: usize,
         rows: usize,
         vectors: usize,
+        pf: &mut Spread,
     ) -> [__m512; GROUP] {
         // SAFETY: forwarded; each call's rows lie within the group's.
         unsafe {
             match (rows == GROUP, vectors) {
                 (true, 1) => {
                     let mut out = [_mm512_setzero_ps(); GROUP];
-                    out[..HALF].copy_from_slice(&products::<HALF, 1>(q, src, d));
-                    out[HALF..].copy_from_slice(&products::<HALF, 1>(q, src.add(HALF * d), d));
+                    out[..HALF].copy_from_slice(&products::<HALF, 1>(q, src, d, pf));
+                    out[HALF..].copy_from_slice(&products::<HALF, 1>(q, src.add(HALF * d), d, pf));
                     out
                 }
                 (true, _) => {
                     let mut out = [_mm512_setzero_ps(); GROUP];
-                    out[..HALF].copy_from_slice(&products::<HALF, 2>(q, src, d));
-                    out[HALF..].copy_from_slice(&products::<HALF, 2>(q, src.add(HALF * d), d));
+                    out[..HALF].copy_from_slice(&products::<HALF, 2>(q, src, d, pf));
+                    out[HALF..].copy_from_slice(&products::<HALF, 2>(q, src.add(HALF * d), d, pf));
                     out
                 }
                 _ => {
@@ -157,9 +174,9 @@ mod x86 {
                     for (r, score) in out.iter_mut().enumerate().take(rows) {
                         let at = src.add(r * d);
                         [*score] = if vectors == 1 {
-                            products::<1, 1>(q, at, d)
+                            products::<1, 1>(q, at, d, pf)
                         } else {
-                            products::<1, 2>(q, at, d)
+                            products::<1, 2>(q, at, d, pf)
                         };
                     }
                     out
@@ -169,7 +186,7 @@ mod x86 {
     }
 
     /// `R` rows (`d` apart from `rows`) against the queries `q`, `VECS` vectors a pair of
-    /// coordinates; then each row's even and odd sums added, query
+    /// coordinates (a step of `pf` per pair with one vector); then each row's even and odd sums added, query
     /// `i` to lane `i` (lanes past the queries hold what they hold). Not inlined: on its own
     /// the compiler keeps the accumulators in registers.
     ///
@@ -181,13 +198,14 @@ mod x86 {
         q: *const f32,
         rows: *const f32,
         d: usize,
+        pf: &mut Spread,
     ) -> [__m512; R] {
         // SAFETY: forwarded.
         unsafe {
             match d {
-                384 => products_at::<R, VECS, 384>(q, rows),
-                768 => products_at::<R, VECS, 768>(q, rows),
-                _ => products_in::<R, VECS>(q, rows, d),
+                384 => products_at::<R, VECS, 384>(q, rows, pf),
+                768 => products_at::<R, VECS, 768>(q, rows, pf),
+                _ => products_in::<R, VECS>(q, rows, d, pf),
             }
         }
     }
@@ -201,9 +219,10 @@ mod x86 {
     unsafe fn products_at<const R: usize, const VECS: usize, const D: usize>(
         q: *const f32,
         rows: *const f32,
+        pf: &mut Spread,
     ) -> [__m512; R] {
         // SAFETY: forwarded.
-        unsafe { products_in::<R, VECS>(q, rows, D) }
+        unsafe { products_in::<R, VECS>(q, rows, D, pf) }
     }
 
     /// # Safety
@@ -213,15 +232,21 @@ mod x86 {
         q: *const f32,
         rows: *const f32,
         d: usize,
+        pf: &mut Spread,
     ) -> [__m512; R] {
         // SAFETY: every read lies within the rows (pair j of a row: values 2j and 2j + 1 < d)
         // or the queries.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); VECS]; R];
             let mut qv = [_mm512_setzero_ps(); VECS];
-            // The rows `AHEAD_TILES` tiles on (as many lines as this tile's), a line a pair.
-            let ahead = rows.wrapping_add(AHEAD_TILES * R * d).cast::<i8>();
+            // A copy the compiler keeps in registers.
+            let mut spread = *pf;
+            // The rows `ahead_tiles` tiles on (as many lines as this tile's), a line a pair.
+            let ahead = rows.wrapping_add(ahead_tiles(VECS) * R * d).cast::<i8>();
             for j in 0..d / 2 {
+                if VECS == 1 {
+                    spread.step();
+                }
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(j * 64));
                 for (v, qv) in qv.iter_mut().enumerate() {
                     *qv = _mm512_loadu_ps(q.add((j * VECS + v) * LANES));
@@ -234,6 +259,7 @@ mod x86 {
                     }
                 }
             }
+            *pf = spread;
             // Lanes 2i and 2i + 1 of a vector: query i's even and odd sums. (No closures
             // here: they would not inherit the target features, and the intrinsics in them
             // would be calls.)
@@ -264,12 +290,15 @@ mod x86 {
     ) -> Vec<[f32; LANES]> {
         assert!(prep.products == Products::F32Pairs && prep.n_pairs * 2 == d);
         let n = rows.len() / d;
+        let mut pf = Spread::new(std::ptr::null(), 0, 1);
         let mut scores = Vec::new();
         for r0 in (0..n).step_by(GROUP) {
             let count = GROUP.min(n - r0);
             let q = prep.pairs.as_ptr().cast::<f32>();
             // SAFETY: forwarded; the group's rows lie within `rows`.
-            let group = unsafe { group_scores(q, rows[r0 * d..].as_ptr(), d, count, prep.vectors) };
+            let group = unsafe {
+                group_scores(q, rows[r0 * d..].as_ptr(), d, count, prep.vectors, &mut pf)
+            };
             for score in group.iter().take(count) {
                 let mut out = [0.0f32; LANES];
                 // SAFETY: `out` holds LANES values.
