@@ -410,12 +410,30 @@ pub(super) unsafe fn rows<T: Real, C: super::Candidates<T>>(
     queries: usize,
     norms: Option<super::NormsOnTheWay<T>>,
 ) {
+    use x86::{NORMS, SCALED, SQUARES};
     let prep = job.filter.expect("the filter's queries");
-    // SAFETY (both arms): forwarded; `runs_on` is each one's CPU check.
+    assert!(T::BYTES == 4 && C::HIGHER, "filters: f32 similarities");
+    // The filter `$f` for the way its bound takes a row's size, which matches what is given.
+    macro_rules! by_mode {
+        ($($f:ident)::+) => {
+            match (norms, job.scale.is_some()) {
+                (Some(norms), _) => $($f)::+::<T, T::Avx512Lanes, C, NORMS>(
+                    job, candidates, queries, Some(norms)
+                ),
+                (None, true) => $($f)::+::<T, T::Avx512Lanes, C, SCALED>(
+                    job, candidates, queries, None
+                ),
+                (None, false) => $($f)::+::<T, T::Avx512Lanes, C, SQUARES>(
+                    job, candidates, queries, None
+                ),
+            }
+        };
+    }
+    // SAFETY (all arms): `runs_on` is each filter's CPU check; the rest is forwarded.
     unsafe {
         match prep.products {
-            Products::Bf16 => x86::rows(job, candidates, queries, norms),
-            Products::F32Pairs => pairs::rows(job, candidates, queries, norms),
+            Products::Bf16 => by_mode!(x86::filter),
+            Products::F32Pairs => by_mode!(pairs::filter),
         }
     }
 }
@@ -502,48 +520,18 @@ mod x86 {
     }
 
     /// The rows of `job` against its queries through the bfloat16 filter, exact scores into
-    /// `candidates`; cosine norms computed on the way when `norms` is given.
+    /// `candidates`, for one way of bounding a row's size: `NORMS` computes the cosine norms
+    /// (with `cosine_norm`'s bits) and scales, `SCALED` takes the scales given, `SQUARES` (the
+    /// dot metric) the rows' sums of squares. Both sums are `sum_squares_rows` over a group's
+    /// rows while they are in L1, four rows at a time.
     ///
     /// # Safety
     /// The CPU must have avx512f, avx512bf16, avx2 and fma (`has_bf16`); `job` checked as in
-    /// `score_rows`, with `job.filter` given for `Products::Bf16` (so T is f32 and the scores are
-    /// dot products).
+    /// `score_rows`, with `job.filter` given for `Products::Bf16` (so T is f32 and the scores
+    /// are dot products); `norms` is given iff `MODE == NORMS`, `job.scale` iff
+    /// `MODE == SCALED`.
     #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
-    pub(super) unsafe fn rows<T: Real, C: Candidates<T>>(
-        job: RowJob<T>,
-        candidates: &mut C,
-        queries: usize,
-        norms: Option<NormsOnTheWay<T>>,
-    ) {
-        assert!(
-            T::BYTES == 4 && C::HIGHER,
-            "bfloat16 filter: f32 similarities"
-        );
-        // SAFETY (all arms): forwarded; the mode matches what is given.
-        unsafe {
-            match (norms, job.scale.is_some()) {
-                (Some(norms), _) => {
-                    filter::<T, T::Avx512Lanes, C, NORMS>(job, candidates, queries, Some(norms))
-                }
-                (None, true) => {
-                    filter::<T, T::Avx512Lanes, C, SCALED>(job, candidates, queries, None)
-                }
-                (None, false) => {
-                    filter::<T, T::Avx512Lanes, C, SQUARES>(job, candidates, queries, None)
-                }
-            }
-        }
-    }
-
-    /// `rows` for one way of bounding a row's size: `NORMS` computes the cosine norms (with
-    /// `cosine_norm`'s bits) and scales, `SCALED` takes the scales given, `SQUARES` (the dot
-    /// metric) the rows' sums of squares. Both sums are `sum_squares_rows` over a group's rows
-    /// while they are in L1, four rows at a time.
-    ///
-    /// # Safety
-    /// As `rows`; `norms` is given iff `MODE == NORMS`, `job.scale` iff `MODE == SCALED`.
-    #[inline(always)]
-    unsafe fn filter<T: Real, V: Lanes<T>, C: Candidates<T>, const MODE: u8>(
+    pub(super) unsafe fn filter<T: Real, V: Lanes<T>, C: Candidates<T>, const MODE: u8>(
         job: RowJob<T>,
         candidates: &mut C,
         queries: usize,
@@ -1150,6 +1138,14 @@ mod tests {
     use super::super::super::testutil::{random_matrix, Lcg};
     use super::*;
 
+    /// `a . b` summed in f64 (each product exact).
+    fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum()
+    }
+
     /// Values that round to bfloat16 toward zero by 0.49 of a unit in every coordinate, all
     /// positive: the residuals of a query and a row then add up in every term, and the
     /// filter's score falls short of the exact one by most of the bound.
@@ -1208,18 +1204,10 @@ mod tests {
                     // SAFETY: the CPU has AVX512_BF16 (checked above); `prep` is for `d`.
                     let scores = unsafe { x86::filter_scores(&prep, p, &rows, d) };
                     for (r, row) in rows.chunks_exact(d).enumerate() {
-                        let size = row
-                            .iter()
-                            .map(|&v| f64::from(v).powi(2))
-                            .sum::<f64>()
-                            .sqrt();
+                        let size = dot_f64(row, row).sqrt();
                         for l in 0..LANES.min(17 - p * LANES) {
                             let q = &queries[(p * LANES + l) * d..][..d];
-                            let exact: f64 = q
-                                .iter()
-                                .zip(row)
-                                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                                .sum();
+                            let exact = dot_f64(q, row);
                             let i = p * LANES + l;
                             let bound = f64::from(prep.a[i]) * size + f64::from(prep.c[i]);
                             let error = (exact - f64::from(scores[r][l])).abs();
@@ -1266,18 +1254,10 @@ mod tests {
                 let scores = unsafe { pairs::filter_scores(&prep, &rows, d) };
                 assert_eq!(scores.len(), 37);
                 for (r, row) in rows.chunks_exact(d).enumerate() {
-                    let size = row
-                        .iter()
-                        .map(|&v| f64::from(v).powi(2))
-                        .sum::<f64>()
-                        .sqrt();
+                    let size = dot_f64(row, row).sqrt();
                     for i in 0..nq {
                         let q = &queries[i * d..][..d];
-                        let exact: f64 = q
-                            .iter()
-                            .zip(row)
-                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                            .sum();
+                        let exact = dot_f64(q, row);
                         let bound = f64::from(prep.a[i]) * size + f64::from(prep.c[i]);
                         let error = (exact - f64::from(scores[r][i])).abs();
                         assert!(

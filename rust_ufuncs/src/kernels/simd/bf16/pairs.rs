@@ -11,7 +11,7 @@
 //! parent module's `Test`, `Bars` and `exact`).
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::rows;
+pub(super) use x86::filter;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -19,7 +19,7 @@ mod x86 {
 
     use super::super::super::super::scratch::Buf;
     use super::super::super::{Candidates, Lanes, NormsOnTheWay, Real, RowJob};
-    use super::super::x86::{row_sizes, valid_lanes, Bars, Spread, Test, NORMS, SCALED, SQUARES};
+    use super::super::x86::{row_sizes, valid_lanes, Bars, Spread, Test, NORMS};
     use super::super::{FilterQueries, Products, GROUP, LANES};
 
     /// Rows a register tile takes: with two vectors of queries a pair, sixteen accumulators
@@ -42,44 +42,22 @@ mod x86 {
     }
 
     /// The rows of `job` against its queries through the pair filter, exact scores into
-    /// `candidates`; cosine norms computed on the way when `norms` is given.
+    /// `candidates`, for one way of bounding a row's size (as the bfloat16 filter's `filter`):
+    /// each group of `GROUP` rows is scored, its sizes taken while it is in L1, and each row
+    /// tested against the bars, the rows that could beat one scored exactly.
     ///
     /// # Safety
     /// The CPU must have avx512f, avx2 and fma (`FilterQueries::runs_on`); `job` checked as in
     /// `score_rows`, with `job.filter` given for `Products::F32Pairs` (so T is f32, the scores
-    /// are dot products and `d` is even).
+    /// are dot products and `d` is even); `norms` is given iff `MODE == NORMS`, `job.scale` iff
+    /// `MODE == SCALED`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(in super::super) unsafe fn rows<T: Real, C: Candidates<T>>(
-        job: RowJob<T>,
-        candidates: &mut C,
-        queries: usize,
-        norms: Option<NormsOnTheWay<T>>,
-    ) {
-        assert!(T::BYTES == 4 && C::HIGHER, "pair filter: f32 similarities");
-        // SAFETY (all arms): forwarded; the mode matches what is given.
-        unsafe {
-            match (norms, job.scale.is_some()) {
-                (Some(norms), _) => {
-                    filter::<T, T::Avx512Lanes, C, NORMS>(job, candidates, queries, Some(norms))
-                }
-                (None, true) => {
-                    filter::<T, T::Avx512Lanes, C, SCALED>(job, candidates, queries, None)
-                }
-                (None, false) => {
-                    filter::<T, T::Avx512Lanes, C, SQUARES>(job, candidates, queries, None)
-                }
-            }
-        }
-    }
-
-    /// `rows` for one way of bounding a row's size (as the bfloat16 filter's `filter`): each
-    /// group of `GROUP` rows is scored, its sizes taken while it is in L1, and each row tested
-    /// against the bars, the rows that could beat one scored exactly.
-    ///
-    /// # Safety
-    /// As `rows`; `norms` is given iff `MODE == NORMS`, `job.scale` iff `MODE == SCALED`.
-    #[inline(always)]
-    unsafe fn filter<T: Real, V: Lanes<T>, C: Candidates<T>, const MODE: u8>(
+    pub(in super::super) unsafe fn filter<
+        T: Real,
+        V: Lanes<T>,
+        C: Candidates<T>,
+        const MODE: u8,
+    >(
         job: RowJob<T>,
         candidates: &mut C,
         queries: usize,
@@ -203,26 +181,12 @@ mod x86 {
         // SAFETY: forwarded.
         unsafe {
             match d {
-                384 => products_at::<R, VECS, 384>(q, rows, pf),
-                768 => products_at::<R, VECS, 768>(q, rows, pf),
+                // The rows' offsets then constants (`R` row pointers do not fit the registers).
+                384 => products_in::<R, VECS>(q, rows, 384, pf),
+                768 => products_in::<R, VECS>(q, rows, 768, pf),
                 _ => products_in::<R, VECS>(q, rows, d, pf),
             }
         }
-    }
-
-    /// `products` with `d` a constant (the rows' offsets then constants too, rather than
-    /// `R` pointers the registers cannot all hold).
-    ///
-    /// # Safety
-    /// As `products`.
-    #[inline(always)]
-    unsafe fn products_at<const R: usize, const VECS: usize, const D: usize>(
-        q: *const f32,
-        rows: *const f32,
-        pf: &mut Spread,
-    ) -> [__m512; R] {
-        // SAFETY: forwarded.
-        unsafe { products_in::<R, VECS>(q, rows, D, pf) }
     }
 
     /// # Safety
