@@ -14,8 +14,8 @@ their own in one process, checks that all return the same scores and ids, then t
 threads each taking five in turn (as Dask's pair tasks do, one kernel thread each), every
 build once a round, rounds taking turns. A round counts as fast when its one-query search (this
 build's, norms given: bound by the memory), timed at both ends of the round, is within 15% of
-the fastest; each build's best time is reported per spell. Calls: `given` (the database norms given: a repeat search),
-`first` (computed on the way).
+the fastest; each build's best time is reported per spell. Calls: `given` (the database norms
+given: a repeat search), `first` (computed on the way).
 """
 
 from __future__ import annotations

@@ -461,9 +461,9 @@ impl<T: Real> Problem<'_, T> {
             scorer.pack_queries_in(g.clone(), w, &mut q_packed);
             // Bounded scales (a first search that keeps no norms) skip the exact norms that
             // the pair filter would make on the way, and measured faster than it.
-            let bf16 = simd::FilterQueries::new(scorer.isa, scorer.kind(), &q_packed, d, nq)
+            let prepared = simd::FilterQueries::new(scorer.isa, scorer.kind(), &q_packed, d, nq)
                 .filter(|f| !(f.pairs() && self.bounds.is_some()));
-            if let (Some(b), true) = (&bf16, selectors.barred(nq)) {
+            if let (Some(b), true) = (&prepared, selectors.barred(nq)) {
                 b.bars_given();
             }
             // The few-query filter is bound by the memory, and makes float32 rows' norms as
@@ -478,8 +478,8 @@ impl<T: Real> Problem<'_, T> {
                 // The filter (bfloat16 or pairs) takes this block unless it is among the
                 // scan's first rows (none when every query's bar was given) or the filter gave
                 // up (`FilterQueries::worth_it`).
-                let filter = bf16.as_ref().filter(|b| b.worth_it());
-                if let (Some(b), None) = (&bf16, filter) {
+                let filter = prepared.as_ref().filter(|b| b.worth_it());
+                if let (Some(b), None) = (&prepared, filter) {
                     b.skipped(rows.len());
                 }
                 // Unknown cosine norms: the filters compute them as they read the rows.

@@ -553,7 +553,7 @@ mod x86 {
             .map(|p| Bars::new(candidates, p, valid_lanes(queries, p)))
             .collect();
         let mut passed = 0;
-        // SAFETY (this block): the CPU has the features `rows` was compiled for; every pointer
+        // SAFETY (this block): the CPU has the features `filter` was compiled for; every pointer
         // read stays inside the row, the prepared queries or `converted` (lengths above).
         unsafe {
             for r0 in (0..n).step_by(GROUP) {
@@ -685,7 +685,7 @@ mod x86 {
         /// not finite.
         ///
         /// # Safety
-        /// As `rows`; `row < job.n`, `job` the exact kernel's (scales included).
+        /// As `filter`; `row < job.n`, `job` the exact kernel's (scales included).
         #[inline(always)]
         pub(super) unsafe fn row<T: Real, V: Lanes<T>, C: Candidates<T>>(
             &self,
@@ -696,7 +696,7 @@ mod x86 {
             size: f32,
             bars: &mut Bars<T>,
         ) -> bool {
-            // SAFETY: register arithmetic of the features `rows` was compiled for; forwarded.
+            // SAFETY: register arithmetic of the features `filter` was compiled for; forwarded.
             unsafe {
                 let slack = _mm512_fmadd_round_ps::<UP>(self.a, _mm512_set1_ps(size), self.c);
                 let mut high = _mm512_add_round_ps::<UP>(acc, slack);
@@ -783,7 +783,7 @@ mod x86 {
     /// query still takes everything.
     ///
     /// # Safety
-    /// As `rows`; `row < job.n`.
+    /// As `filter`; `row < job.n`.
     #[inline(always)]
     unsafe fn exact<T: Real, V: Lanes<T>, C: Candidates<T>>(
         job: &RowJob<T>,
@@ -822,7 +822,7 @@ mod x86 {
     /// groups of a constant size (no test per step), the partial block last, as it comes.
     ///
     /// # Safety
-    /// As `rows`; `q_panel` holds `LANES * d` values, `values` `d`.
+    /// As `filter`; `q_panel` holds `LANES * d` values, `values` `d`.
     #[inline(always)]
     unsafe fn exact_row<T: Real, V: Lanes<T>>(q_panel: &[T], values: &[T], d: usize) -> V {
         assert!(q_panel.len() == V::W * d && values.len() == d);
@@ -913,7 +913,7 @@ mod x86 {
     /// a burst before them.
     ///
     /// # Safety
-    /// As `rows`; `src` holds `GROUP * d` values, `out` `GROUP * S` u32, `q` `ceil(d / 2)`
+    /// As `filter`; `src` holds `GROUP * d` values, `out` `GROUP * S` u32, `q` `ceil(d / 2)`
     /// vectors of pairs.
     #[inline(always)]
     unsafe fn stream<const S: usize>(
@@ -1000,7 +1000,7 @@ mod x86 {
     /// 32 values at `src` as bfloat16 pairs to `out` (`convert_chunk` of a whole chunk).
     ///
     /// # Safety
-    /// As `rows`; `src` holds 32 values, `out` 16 u32.
+    /// As `filter`; `src` holds 32 values, `out` 16 u32.
     #[inline(always)]
     unsafe fn convert_whole(src: *const f32, out: *mut u32) {
         // SAFETY: forwarded.
@@ -1015,7 +1015,7 @@ mod x86 {
     /// (zero past `d`).
     ///
     /// # Safety
-    /// As `rows`; `c < d`, `src` holds `d` values, `out` `c / 2 + 16` u32.
+    /// As `filter`; `c < d`, `src` holds `d` values, `out` `c / 2 + 16` u32.
     #[inline(always)]
     unsafe fn convert_chunk(src: *const f32, d: usize, out: *mut u32, c: usize) {
         // SAFETY: loads masked to the row, the store inside `out`.
@@ -1041,7 +1041,7 @@ mod x86 {
     /// `2j, 2j + 1`), zero-filled to whole 64-byte stores, a step of `pf` per 32 values.
     ///
     /// # Safety
-    /// As `rows`; `src` holds `d` values, `out` `ceil(d / 32) * 16` u32.
+    /// As `filter`; `src` holds `d` values, `out` `ceil(d / 32) * 16` u32.
     #[inline(always)]
     unsafe fn convert(src: *const f32, d: usize, out: *mut u32, pf: &mut Spread) {
         // SAFETY: forwarded.
@@ -1091,7 +1091,7 @@ mod x86 {
     /// of `pf` per pair.
     ///
     /// # Safety
-    /// As `rows`; `q` holds `n_pairs * LANES` u32, each row `n_pairs`.
+    /// As `filter`; `q` holds `n_pairs * LANES` u32, each row `n_pairs`.
     #[inline(always)]
     unsafe fn dots<const R: usize, const S: usize>(
         q: *const u32,
@@ -1114,7 +1114,7 @@ mod x86 {
     /// times each row's pair (rows `S` u32 apart) broadcast.
     ///
     /// # Safety
-    /// As `rows`; `pair` inside the panel `q` and the rows.
+    /// As `filter`; `pair` inside the panel `q` and the rows.
     #[inline(always)]
     unsafe fn add_pair<const R: usize, const S: usize>(
         acc: &mut [__m512; R],
@@ -1225,7 +1225,7 @@ mod tests {
 
     /// The pair filter's scores (`pairs::filter_scores`) stay within the module's bound,
     /// `a |x| + c`, of the exact dot products (f64), for 3 to 16 queries (one vector a pair
-    /// up to eight, two from nine), whole groups of rows and the rows after them; and they
+    /// up to eight, two from nine), whole groups of rows and the 13 rows after them, one at a time; and they
     /// are close to it where the sums cancel (terms of 1e6 with alternating signs).
     #[test]
     fn pair_filter_scores_stay_within_the_bound() {
@@ -1236,7 +1236,7 @@ mod tests {
         for d in [2usize, 64, 384, 386] {
             for nq in [3usize, 8, 9, 16] {
                 let queries: Vec<f32> = random_matrix(&mut rng, nq, d);
-                let mut rows: Vec<f32> = random_matrix(&mut rng, 37, d);
+                let mut rows: Vec<f32> = random_matrix(&mut rng, 45, d);
                 for (c, v) in rows[..d].iter_mut().enumerate() {
                     *v += if c % 2 == 0 { 1e6 } else { -1e6 };
                 }
@@ -1252,7 +1252,7 @@ mod tests {
                 assert_eq!(prep.vectors, nq.div_ceil(8));
                 // SAFETY: the CPU has AVX-512 (checked above); `prep` is for `d`.
                 let scores = unsafe { pairs::filter_scores(&prep, &rows, d) };
-                assert_eq!(scores.len(), 37);
+                assert_eq!(scores.len(), 45);
                 for (r, row) in rows.chunks_exact(d).enumerate() {
                     let size = dot_f64(row, row).sqrt();
                     for i in 0..nq {

@@ -77,7 +77,7 @@ mod x86 {
         let valid = valid_lanes(queries, 0);
         let q = prep.pairs.as_ptr().cast::<f32>();
         let mut passed = 0;
-        // SAFETY (this block): the CPU has the features `rows` was compiled for; every pointer
+        // SAFETY (this block): the CPU has the features `filter` was compiled for; every pointer
         // read stays inside the rows or the prepared queries.
         unsafe {
             let mut bars = Bars::new(candidates, 0, valid);
@@ -94,8 +94,7 @@ mod x86 {
                 let len = if vectors == 1 { job.prefetch.len() } else { 0 };
                 let pf_bytes = ((r0 + rows) * d).min(len).saturating_sub(r0 * d) * 4;
                 let pf_at = job.prefetch.as_ptr().wrapping_add(r0 * d).cast::<u8>();
-                let calls = if rows == GROUP { 2 } else { rows };
-                let mut pf = Spread::new(pf_at, pf_bytes, calls * prep.n_pairs);
+                let mut pf = Spread::new(pf_at, pf_bytes, tiles(rows) * prep.n_pairs);
                 let src = job.db.as_ptr().add(r0 * d).cast::<f32>();
                 let scores = group_scores(q, src, d, rows, vectors, &mut pf);
                 row_sizes::<T, MODE>(&job, r0, rows, &mut norms, &mut scales, &mut sizes);
@@ -119,10 +118,11 @@ mod x86 {
     }
 
     /// The filter's scores of `rows` (at most `GROUP`) rows from `src` against the prepared
-    /// queries `q` (`vectors` a pair), query `i` in lane `i`.
+    /// queries `q` (`vectors` a pair), query `i` in lane `i`: a whole group in two tiles of
+    /// `HALF` rows, the last rows of a scan one at a time (`tiles` calls of `products`).
     ///
     /// # Safety
-    /// As `rows`; `src` holds `rows * d` values, `q` `d / 2 * vectors` vectors.
+    /// As `filter`; `src` holds `rows * d` values, `q` `d / 2 * vectors` vectors.
     #[inline(always)]
     unsafe fn group_scores(
         q: *const f32,
@@ -132,44 +132,54 @@ mod x86 {
         vectors: usize,
         pf: &mut Spread,
     ) -> [__m512; GROUP] {
+        let mut out = [_mm512_setzero_ps(); GROUP];
         // SAFETY: forwarded; each call's rows lie within the group's.
         unsafe {
-            match (rows == GROUP, vectors) {
-                (true, 1) => {
-                    let mut out = [_mm512_setzero_ps(); GROUP];
-                    out[..HALF].copy_from_slice(&products::<HALF, 1>(q, src, d, pf));
-                    out[HALF..].copy_from_slice(&products::<HALF, 1>(q, src.add(HALF * d), d, pf));
-                    out
-                }
-                (true, _) => {
-                    let mut out = [_mm512_setzero_ps(); GROUP];
-                    out[..HALF].copy_from_slice(&products::<HALF, 2>(q, src, d, pf));
-                    out[HALF..].copy_from_slice(&products::<HALF, 2>(q, src.add(HALF * d), d, pf));
-                    out
-                }
-                _ => {
-                    let mut out = [_mm512_setzero_ps(); GROUP];
-                    for (r, score) in out.iter_mut().enumerate().take(rows) {
-                        let at = src.add(r * d);
-                        [*score] = if vectors == 1 {
-                            products::<1, 1>(q, at, d, pf)
-                        } else {
-                            products::<1, 2>(q, at, d, pf)
-                        };
-                    }
-                    out
+            if rows == GROUP {
+                let high = src.add(HALF * d);
+                let (low, high) = if vectors == 1 {
+                    (
+                        products::<HALF, 1>(q, src, d, pf),
+                        products::<HALF, 1>(q, high, d, pf),
+                    )
+                } else {
+                    (
+                        products::<HALF, 2>(q, src, d, pf),
+                        products::<HALF, 2>(q, high, d, pf),
+                    )
+                };
+                out[..HALF].copy_from_slice(&low);
+                out[HALF..].copy_from_slice(&high);
+            } else {
+                for (r, score) in out.iter_mut().enumerate().take(rows) {
+                    let at = src.add(r * d);
+                    [*score] = if vectors == 1 {
+                        products::<1, 1>(q, at, d, pf)
+                    } else {
+                        products::<1, 2>(q, at, d, pf)
+                    };
                 }
             }
+        }
+        out
+    }
+
+    /// Calls of `products` that `group_scores` makes for `rows` rows.
+    fn tiles(rows: usize) -> usize {
+        if rows == GROUP {
+            GROUP / HALF
+        } else {
+            rows
         }
     }
 
     /// `R` rows (`d` apart from `rows`) against the queries `q`, `VECS` vectors a pair of
-    /// coordinates (a step of `pf` per pair with one vector); then each row's even and odd sums added, query
-    /// `i` to lane `i` (lanes past the queries hold what they hold). Not inlined: on its own
-    /// the compiler keeps the accumulators in registers.
+    /// coordinates (a step of `pf` per pair with one vector); then each row's even and odd
+    /// sums added, query `i` to lane `i` (lanes past the queries hold what they hold). Not
+    /// inlined: on its own the compiler keeps the accumulators in registers.
     ///
     /// # Safety
-    /// As `rows`; `rows` holds `R * d` values, `q` `d / 2 * VECS` vectors.
+    /// As `filter`; `rows` holds `R * d` values, `q` `d / 2 * VECS` vectors.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn products<const R: usize, const VECS: usize>(
@@ -255,10 +265,10 @@ mod x86 {
         assert!(prep.products == Products::F32Pairs && prep.n_pairs * 2 == d);
         let n = rows.len() / d;
         let mut pf = Spread::new(std::ptr::null(), 0, 1);
+        let q = prep.pairs.as_ptr().cast::<f32>();
         let mut scores = Vec::new();
         for r0 in (0..n).step_by(GROUP) {
             let count = GROUP.min(n - r0);
-            let q = prep.pairs.as_ptr().cast::<f32>();
             // SAFETY: forwarded; the group's rows lie within `rows`.
             let group = unsafe {
                 group_scores(q, rows[r0 * d..].as_ptr(), d, count, prep.vectors, &mut pf)
